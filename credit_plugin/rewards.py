@@ -1,0 +1,141 @@
+"""The three token rewards of CREDIT, readable top to bottom.
+
+Notation (see ``docs/method.md``): ``B`` responses, ``T`` response tokens, ``K`` negatives.
+All inputs are log-probabilities of the *sampled* response tokens ``y_t``; all rewards are
+computed without gradient and are zero where ``response_mask`` is zero.
+
+- SDPO:   ``r_sdpo[i,t]   = log pi_ref(y_t | x_i, z_i) - log pi_theta(y_t | x_i)``
+- CREDIT: ``r_credit[i,t] = log pi_ref(y_t | x_i, z_i) - lambda * g[i,t] - log pi_theta(y_t | x_i)``
+  with the contrastive baseline ``g[i,t] = agg_k log pi_ref(y_t | x_{sigma_k(i)}, z_i)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+AGGREGATES = ("mean", "logmeanexp")
+
+
+def _check_finite(name: str, values: torch.Tensor, mask: torch.Tensor) -> None:
+    """Raise if ``values`` has a NaN/inf where ``mask`` (broadcastable) is set, naming the sample."""
+    bad = ~torch.isfinite(values) & mask.bool()
+    if bad.any():
+        rows = torch.nonzero(bad.reshape(bad.shape[0], -1).any(dim=1)).flatten().tolist()
+        raise ValueError(f"{name} has non-finite values at unmasked positions of samples {rows[:8]}")
+
+
+def _check_same_shape(response_mask: torch.Tensor, **tensors: torch.Tensor) -> None:
+    for name, tensor in tensors.items():
+        if tensor.shape != response_mask.shape:
+            raise ValueError(
+                f"{name} has shape {tuple(tensor.shape)}, expected {tuple(response_mask.shape)} (response_mask)"
+            )
+
+
+@torch.no_grad()
+def sdpo_token_rewards(
+    teacher_log_probs: torch.Tensor,
+    student_log_probs: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> torch.Tensor:
+    """SDPO's dense reward ``log pi_ref(y_t | x, z) - log pi_theta(y_t | x)``.
+
+    Args:
+        teacher_log_probs: shape (B, T). Teacher log-prob of the sampled token with feedback in context.
+        student_log_probs: shape (B, T). Policy log-prob of the same token without feedback.
+        response_mask: shape (B, T). 1 on response tokens to score.
+
+    Returns:
+        shape (B, T); its sum over t is the pMI ``log pi(y|x,z) - log pi(y|x)``.
+    """
+    _check_same_shape(response_mask, teacher_log_probs=teacher_log_probs, student_log_probs=student_log_probs)
+    _check_finite("teacher_log_probs", teacher_log_probs, response_mask)
+    _check_finite("student_log_probs", student_log_probs, response_mask)
+    mask = response_mask.bool()
+    return torch.where(mask, teacher_log_probs - student_log_probs, torch.zeros_like(teacher_log_probs))
+
+
+@torch.no_grad()
+def contrastive_baseline(
+    contrast_log_probs: torch.Tensor,
+    response_mask: torch.Tensor,
+    aggregate: str = "mean",
+) -> torch.Tensor:
+    """Input-generic baseline: the teacher's score of ``y_t`` under K prompts of other groups.
+
+    Args:
+        contrast_log_probs: shape (B, K, T). ``log pi_ref(y_t | x_{sigma_k(i)}, z_i)``: the same response
+            and feedback as row i, the prompt swapped for the prompt of another uid.
+        response_mask: shape (B, T).
+        aggregate: ``mean`` of log-probs (the paper's baseline) or ``logmeanexp``
+            (log of the mean probability, a mixture over the other inputs).
+
+    Returns:
+        shape (B, T), zero where the mask is zero.
+    """
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"negative_aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+    if (
+        contrast_log_probs.dim() != 3
+        or contrast_log_probs.shape[0] != response_mask.shape[0]
+        or (contrast_log_probs.shape[2] != response_mask.shape[1])
+    ):
+        raise ValueError(
+            f"contrast_log_probs must have shape (B, K, T) = ({response_mask.shape[0]}, K, {response_mask.shape[1]}), "
+            f"got {tuple(contrast_log_probs.shape)}"
+        )
+    if contrast_log_probs.shape[1] == 0:
+        raise ValueError("contrast_log_probs has K=0 negatives; set contrast_coef=0 for SDPO instead")
+    mask = response_mask.bool()
+    _check_finite("contrast_log_probs", contrast_log_probs, mask.unsqueeze(1))
+    safe = torch.where(mask.unsqueeze(1), contrast_log_probs, torch.zeros_like(contrast_log_probs))
+    if aggregate == "mean":
+        baseline = safe.mean(dim=1)
+    else:
+        baseline = torch.logsumexp(safe, dim=1) - math.log(safe.shape[1])
+    return torch.where(mask, baseline, torch.zeros_like(baseline))
+
+
+@torch.no_grad()
+def credit_token_rewards(
+    teacher_log_probs: torch.Tensor,
+    contrast_log_probs: torch.Tensor,
+    student_log_probs: torch.Tensor,
+    response_mask: torch.Tensor,
+    contrast_coef: float = 1.0,
+    aggregate: str = "mean",
+) -> torch.Tensor:
+    """CREDIT's reward: the SDPO reward minus ``lambda`` times the contrastive baseline.
+
+    Args:
+        teacher_log_probs: shape (B, T). ``log pi_ref(y_t | x_i, z_i)``.
+        contrast_log_probs: shape (B, K, T). ``log pi_ref(y_t | x_{sigma_k(i)}, z_i)``.
+        student_log_probs: shape (B, T). ``log pi_theta(y_t | x_i)``.
+        response_mask: shape (B, T).
+        contrast_coef: lambda >= 0; 0 gives SDPO exactly.
+        aggregate: see :func:`contrastive_baseline`.
+
+    Returns:
+        shape (B, T), zero where the mask is zero.
+    """
+    if contrast_coef < 0:
+        raise ValueError(f"contrast_coef (lambda) must be >= 0, got {contrast_coef}")
+    rewards = sdpo_token_rewards(teacher_log_probs, student_log_probs, response_mask)
+    if contrast_coef == 0:
+        return rewards
+    baseline = contrastive_baseline(contrast_log_probs, response_mask, aggregate)
+    return rewards - contrast_coef * baseline
+
+
+@torch.no_grad()
+def mix_outcome_advantages(
+    outcome_advantages: torch.Tensor,
+    credit_advantages: torch.Tensor,
+    outcome_mix: float,
+) -> torch.Tensor:
+    """``mix * A_grpo + (1 - mix) * A_credit``, both of shape (B, T)."""
+    if not 0.0 <= outcome_mix <= 1.0:
+        raise ValueError(f"outcome_mix must be in [0, 1], got {outcome_mix}")
+    return outcome_mix * outcome_advantages + (1.0 - outcome_mix) * credit_advantages

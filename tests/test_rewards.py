@@ -1,0 +1,136 @@
+"""The exact properties of the three token rewards (method.md), on a real tiny causal LM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import response_log_probs
+
+from credit_plugin.rewards import contrastive_baseline, credit_token_rewards, sdpo_token_rewards
+
+PROMPTS = ["What is 2 + 3?", "Reverse the string 'abc'.", "Name a prime above 10."]
+FEEDBACK = "The following is feedback from your unsuccessful earlier attempt: wrong answer, expected 5."
+RESPONSES = ["The answer is 5.", "cba", "11 is prime, so 11."]
+
+
+def _chat(tokenizer, text: str) -> list[int]:
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+
+
+@pytest.fixture(scope="module")
+def scored(tokenizer, tiny_model):
+    """Student, teacher and contrast (other prompt, same feedback and response) log-probs of 3 responses."""
+    responses = [tokenizer.encode(text) for text in RESPONSES]
+    student_ctx = [_chat(tokenizer, prompt) for prompt in PROMPTS]
+    teacher_ctx = [_chat(tokenizer, prompt + FEEDBACK) for prompt in PROMPTS]
+    # negative of row i: the prompt of row i+1 (another group), with row i's feedback and response
+    contrast_ctx = [_chat(tokenizer, PROMPTS[(i + 1) % 3] + FEEDBACK) for i in range(3)]
+    student, mask = response_log_probs(tiny_model, student_ctx, responses)
+    teacher, _ = response_log_probs(tiny_model, teacher_ctx, responses)
+    contrast, _ = response_log_probs(tiny_model, contrast_ctx, responses)
+    return dict(
+        student=student,
+        teacher=teacher,
+        contrast=contrast[:, None],
+        mask=mask,
+        responses=responses,
+        student_ctx=student_ctx,
+        teacher_ctx=teacher_ctx,
+    )
+
+
+def _sequence_log_prob(model, context: list[int], response: list[int]) -> float:
+    """log p(y | context) through transformers' own loss (a code path independent of our gather)."""
+    ids = torch.tensor([context + response])
+    labels = ids.clone()
+    labels[0, : len(context)] = -100
+    with torch.no_grad():
+        loss = model(ids, labels=labels).loss.double()
+    return float(-loss * len(response))
+
+
+def test_sdpo_reward_telescopes_to_pmi(scored, tiny_model):
+    rewards = sdpo_token_rewards(scored["teacher"], scored["student"], scored["mask"])
+    for row, response in enumerate(scored["responses"]):
+        pmi = _sequence_log_prob(tiny_model, scored["teacher_ctx"][row], response) - _sequence_log_prob(
+            tiny_model, scored["student_ctx"][row], response
+        )
+        assert abs(float(rewards[row].sum()) - pmi) < 1e-4
+    assert rewards.abs().sum() > 0.1, "teacher context must change the scores of the tiny model"
+
+
+def test_lambda_zero_is_sdpo_exactly(scored):
+    sdpo = sdpo_token_rewards(scored["teacher"], scored["student"], scored["mask"])
+    credit = credit_token_rewards(scored["teacher"], scored["contrast"], scored["student"], scored["mask"], 0.0)
+    assert torch.equal(credit, sdpo)
+
+
+def test_credit_subtracts_lambda_times_baseline(scored):
+    credit = credit_token_rewards(scored["teacher"], scored["contrast"], scored["student"], scored["mask"], 0.5)
+    expected = (scored["teacher"] - 0.5 * scored["contrast"][:, 0] - scored["student"]) * scored["mask"]
+    torch.testing.assert_close(credit, expected, rtol=0, atol=1e-12)
+
+
+def test_prompt_ignoring_teacher_cancels_to_negative_student_log_prob(tokenizer, tiny_model, scored):
+    """A teacher that sees only the feedback scores identically under every prompt; lambda=1 cancels it."""
+    responses = scored["responses"]
+    feedback_only = [_chat(tokenizer, FEEDBACK)] * len(responses)
+    teacher, mask = response_log_probs(tiny_model, feedback_only, responses)
+    contrast, _ = response_log_probs(tiny_model, feedback_only[::-1], responses)
+    credit = credit_token_rewards(teacher, contrast[:, None], scored["student"], mask, contrast_coef=1.0)
+    torch.testing.assert_close(credit, -scored["student"] * mask, rtol=0, atol=1e-10)
+
+
+def test_masked_positions_are_zero(scored):
+    mask = scored["mask"].clone()
+    mask[:, 0] = 0
+    noisy_student = scored["student"].masked_fill(scored["mask"] == 0, 123.0)
+    credit = credit_token_rewards(scored["teacher"], scored["contrast"], noisy_student, mask, 1.0)
+    assert torch.all(credit[mask == 0] == 0)
+    assert torch.all(credit[mask == 1] != 0)
+
+
+def test_logmeanexp_baseline_matches_definition():
+    torch.manual_seed(0)
+    contrast = torch.randn(4, 3, 5, dtype=torch.float64) - 3
+    mask = torch.ones(4, 5)
+    baseline = contrastive_baseline(contrast, mask, "logmeanexp")
+    torch.testing.assert_close(baseline, contrast.exp().mean(dim=1).log())
+    assert torch.all(baseline >= contrastive_baseline(contrast, mask, "mean") - 1e-12)  # Jensen
+
+
+def test_nan_at_unmasked_position_names_the_sample():
+    teacher = torch.zeros(3, 4)
+    teacher[2, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"teacher_log_probs .* samples \[2\]"):
+        sdpo_token_rewards(teacher, torch.zeros(3, 4), torch.ones(3, 4))
+    mask = torch.ones(3, 4)
+    mask[2, 1] = 0  # NaN under padding is harmless and is zeroed
+    assert torch.all(sdpo_token_rewards(teacher, torch.zeros(3, 4), mask) == 0)
+    contrast = torch.zeros(3, 2, 4)
+    contrast[0, 1, 3] = float("-inf")
+    with pytest.raises(ValueError, match=r"contrast_log_probs .* samples \[0\]"):
+        contrastive_baseline(contrast, torch.ones(3, 4))
+
+
+@pytest.mark.parametrize(
+    ("teacher", "contrast", "message"),
+    [
+        (torch.zeros(3, 5), torch.zeros(3, 1, 4), "teacher_log_probs has shape"),
+        (torch.zeros(3, 4), torch.zeros(3, 4), r"contrast_log_probs must have shape \(B, K, T\)"),
+        (torch.zeros(3, 4), torch.zeros(3, 0, 4), "K=0"),
+    ],
+)
+def test_wrong_shapes_are_named(teacher, contrast, message):
+    with pytest.raises(ValueError, match=message):
+        credit_token_rewards(teacher, contrast, torch.zeros(3, 4), torch.ones(3, 4))
+
+
+def test_bad_options_are_named():
+    args = (torch.zeros(2, 3), torch.zeros(2, 1, 3), torch.zeros(2, 3), torch.ones(2, 3))
+    with pytest.raises(ValueError, match="contrast_coef"):
+        credit_token_rewards(*args, contrast_coef=-1.0)
+    with pytest.raises(ValueError, match="negative_aggregate"):
+        credit_token_rewards(*args, aggregate="median")
