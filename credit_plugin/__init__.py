@@ -4,13 +4,14 @@ Importing the package registers the ``credit`` and ``sdpo`` advantage estimators
 this itself through the ``verl.plugins`` entry point, or loudly with ``VERL_USE_EXTERNAL_MODULES=credit_plugin``.
 """
 
-from credit_plugin.config import CreditConfig
+from credit_plugin.config import CONFIG_DIR, CreditConfig
 from credit_plugin.negatives import sample_negatives
 from credit_plugin.registration import assert_registered, register
 from credit_plugin.rewards import contrastive_baseline, credit_token_rewards, sdpo_token_rewards
 
 __version__ = "0.1.0"
 __all__ = [
+    "CONFIG_DIR",
     "CreditConfig",
     "assert_registered",
     "contrastive_baseline",

@@ -5,9 +5,13 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from credit_plugin.rewards import AGGREGATES
+
+CONFIG_DIR = str(Path(__file__).parent / "conf")
+"""Hydra ``--config-path`` holding ``credit_trainer.yaml`` (composes over verl's ``ppo_trainer``)."""
 
 GRANULARITIES = ("token", "logit")
 TEACHERS = ("frozen", "current", "ema", "trust_region")
@@ -22,7 +26,7 @@ DEFAULT_FEEDBACK_TEMPLATE = "\nThe following is feedback from your unsuccessful 
 class CreditConfig:
     """Options of CREDIT. ``contrast_coef=0`` is SDPO.
 
-    Attributes mirror the YAML ``credit:`` section of ``credit_plugin/config/credit_trainer.yaml``.
+    Attributes mirror the YAML ``credit:`` section of ``credit_plugin/conf/credit_trainer.yaml``.
     """
 
     contrast_coef: float = 1.0

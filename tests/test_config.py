@@ -50,3 +50,25 @@ def test_misspelt_option_names_the_close_match():
 def test_out_of_range_values_name_the_option(option, value, message):
     with pytest.raises(ValueError, match=message):
         CreditConfig.from_dict({option: value})
+
+
+def test_plugin_yaml_composes_over_verl_ppo_trainer_and_mirrors_the_dataclass():
+    from dataclasses import fields
+
+    from hydra import compose, initialize_config_dir
+
+    from credit_plugin.config import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        config = compose(config_name="credit_trainer", overrides=["credit.contrast_coef=0"])
+    assert config.algorithm.adv_estimator == "credit"
+    assert config.trainer.v1.trainer_mode == "credit"
+    assert config.reward.reward_manager.name == "credit"
+    assert config.actor_rollout_ref.rollout.n == 1 and "ppo_mini_batch_size" in config.actor_rollout_ref.actor
+    credit = CreditConfig.from_dict(config.credit)
+    assert credit.is_sdpo
+    defaults = CreditConfig()
+    template_fields = {"reprompt_template", "solution_template", "feedback_template"}
+    assert set(config.credit) == {f.name for f in fields(CreditConfig)} - template_fields
+    for key in set(config.credit) - {"contrast_coef"}:
+        assert getattr(credit, key) == getattr(defaults, key), key
