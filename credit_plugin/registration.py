@@ -14,6 +14,8 @@ ESTIMATORS = ("credit", "sdpo")
 def register() -> None:
     """Register CREDIT's estimators and apply the patches they need (idempotent)."""
     import credit_plugin.estimators  # noqa: F401  (registers by decorator on first import)
+    import credit_plugin.reward_manager  # noqa: F401  (registers reward manager "credit")
+    import credit_plugin.trainer  # noqa: F401  (registers trainer_mode "credit")
 
     compute_advantage_batch_inputs.apply()
 
@@ -28,5 +30,11 @@ def assert_registered() -> None:
             f"credit_plugin did not register advantage estimators {missing} in this process; "
             f"set VERL_USE_EXTERNAL_MODULES=credit_plugin to see the import error"
         )
+    from verl.trainer.ppo.v1 import get_trainer_cls
+
+    try:
+        get_trainer_cls("credit")
+    except (KeyError, ValueError) as error:
+        raise RuntimeError("credit_plugin did not register trainer_mode 'credit' in this process") from error
     if getattr(ray_trainer.compute_advantage, "credit_patch", None) != compute_advantage_batch_inputs.NAME:
         raise RuntimeError(f"credit_plugin patch {compute_advantage_batch_inputs.NAME!r} is not applied")

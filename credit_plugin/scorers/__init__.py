@@ -1,0 +1,84 @@
+"""Task scorers that return a reward *and* textual feedback for the teacher, and their dispatcher.
+
+Pure Python (no verl import), usable as verl's ``custom_reward_function`` as well as through the
+``credit`` reward manager. :func:`compute_score` picks the scorer from ``data_source`` by prefix
+(case-insensitive, first match wins):
+
+- ``livecodebench``, ``lcb``, ``code``: :func:`~credit_plugin.scorers.code.score_code`
+- ``sciknoweval``, ``science``: :func:`~credit_plugin.scorers.science.score_science`
+- ``toolalpaca``, ``tool``: :func:`~credit_plugin.scorers.tool_use.score_tool_use`
+
+So ``"livecodebench_v6"``, ``"sciknoweval/chemistry"`` and ``"tooluse"`` all resolve.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from credit_plugin.scorers.code import score_code
+from credit_plugin.scorers.result import ScoreResult
+from credit_plugin.scorers.science import score_science
+from credit_plugin.scorers.tool_use import score_tool_use
+
+DATA_SOURCE_PREFIXES: tuple[tuple[str, Callable[..., ScoreResult]], ...] = (
+    ("livecodebench", score_code),
+    ("lcb", score_code),
+    ("code", score_code),
+    ("sciknoweval", score_science),
+    ("science", score_science),
+    ("toolalpaca", score_tool_use),
+    ("tool", score_tool_use),
+)
+# verl passes these to every reward function when a reward model is enabled; rule-based scorers need neither.
+VERL_REWARD_MODEL_KWARGS = ("reward_router_address", "reward_model_tokenizer")
+
+
+def _options(scorer: Callable[..., ScoreResult]) -> frozenset[str]:
+    params = inspect.signature(scorer).parameters.values()
+    return frozenset(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+SCORER_OPTIONS: dict[Callable[..., ScoreResult], frozenset[str]] = {
+    scorer: _options(scorer) for _, scorer in DATA_SOURCE_PREFIXES
+}
+ALL_OPTIONS = frozenset().union(*SCORER_OPTIONS.values())
+
+
+def scorer_for(data_source: str) -> Callable[..., ScoreResult]:
+    """The scorer for ``data_source`` (prefix table in the module docstring); ValueError if none."""
+    key = str(data_source).lower()
+    for prefix, scorer in DATA_SOURCE_PREFIXES:
+        if key.startswith(prefix):
+            return scorer
+    known = ", ".join(prefix for prefix, _ in DATA_SOURCE_PREFIXES)
+    raise ValueError(f"no CREDIT scorer for data_source {data_source!r}; known prefixes: {known}")
+
+
+def check_options(options: Mapping[str, Any], where: str = "scorer options") -> None:
+    """Raise ValueError naming any option that no scorer accepts (so a typo does not pass silently)."""
+    unknown = sorted(set(options) - ALL_OPTIONS - set(VERL_REWARD_MODEL_KWARGS))
+    if unknown:
+        raise ValueError(f"unknown {where} {unknown}; known: {sorted(ALL_OPTIONS)}")
+
+
+def compute_score(
+    data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None, **kwargs: Any
+) -> dict:
+    """Score one response with the scorer for its ``data_source``.
+
+    Args:
+        kwargs: scorer options (e.g. ``max_feedback_chars``, ``timeout_s``, ``reveal_answer``); each scorer
+            gets the ones it accepts, so one set of options can serve a mixed dataset.
+
+    Returns:
+        ``{"score": float, "acc": bool, "feedback": str}``; ``feedback`` is ``""`` for a fully correct response.
+    """
+    check_options(kwargs)
+    scorer = scorer_for(data_source)
+    accepted = {key: value for key, value in kwargs.items() if key in SCORER_OPTIONS[scorer]}
+    return scorer(solution_str, ground_truth, extra_info, **accepted).as_dict()
+
+
+__all__ = ["DATA_SOURCE_PREFIXES", "ScoreResult", "check_options", "compute_score", "scorer_for"]

@@ -1,0 +1,284 @@
+"""The ``credit`` reward manager inside verl's own reward loop: real config, worker, tokenizer and DataProto."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import qwen_tokenizer_dir
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf, open_dict
+from tensordict import TensorDict
+from verl import DataProto
+from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput, AgentLoopWorker
+from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
+from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
+from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
+from verl.trainer.ppo.reward import load_reward_manager, resolve_reward_manager_cls
+
+import credit_plugin.reward_manager
+from credit_plugin.reward_manager import CreditRewardManager
+
+ADD_TESTS = json.dumps({"inputs": ["1 2\n", "5 5\n"], "outputs": ["3\n", "10\n"]})
+QUESTION = [{"role": "user", "content": "Read two integers and print their sum."}]
+
+
+def verl_config(*overrides: str):
+    """verl's own ``ppo_trainer`` config with the actor's tokenizer pointing at the real Qwen files."""
+    import verl.trainer.config
+
+    with initialize_config_dir(config_dir=os.path.dirname(verl.trainer.config.__file__), version_base=None):
+        return compose(
+            config_name="ppo_trainer",
+            overrides=[f"actor_rollout_ref.model.path={qwen_tokenizer_dir()}", "reward.num_workers=1", *overrides],
+        )
+
+
+@pytest.fixture(scope="module")
+def config():
+    return verl_config("reward.reward_manager.name=credit", "+reward.reward_kwargs.timeout_s=2")
+
+
+@pytest.fixture(scope="module")
+def reward_worker(config) -> RewardLoopWorker:
+    """verl's reward-loop worker, built locally (it is a Ray actor in training): it loads our manager itself."""
+    return RewardLoopWorker(config)
+
+
+class _LocalActorHandle:
+    """Stands in for the Ray actor handle only: ``handle.compute_score.remote(data)`` awaits the real worker."""
+
+    def __init__(self, worker: RewardLoopWorker) -> None:
+        self.compute_score = type("Method", (), {"remote": staticmethod(worker.compute_score)})()
+
+
+def stream_score(worker: RewardLoopWorker, response: str, data_source: str, ground_truth) -> AgentLoopOutput:
+    """Score one trajectory exactly as verl's streaming path does (``AgentLoopWorker._compute_score``)."""
+    tokenizer = worker.input_tokenizer
+    prompt_text = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False)
+    prompt_ids = tokenizer.encode(prompt_text, add_special_tokens=False)
+    response_ids = tokenizer.encode(response, add_special_tokens=False) + [tokenizer.eos_token_id]
+    output = AgentLoopOutput(
+        prompt_ids=prompt_ids,
+        response_ids=response_ids,
+        response_mask=[1] * len(response_ids),
+        metrics=AgentLoopMetrics(),
+        num_turns=2,
+    )
+    agent_worker = object.__new__(AgentLoopWorker)
+    agent_worker.processor = None
+    agent_worker.mm_processor_kwargs = {}
+    agent_worker.reward_loop_worker_handles = [_LocalActorHandle(worker)]
+    dataset_fields = {
+        "data_source": data_source,
+        "reward_model": {"style": "rule", "ground_truth": ground_truth},
+        "extra_info": {"index": 0, "split": "train"},
+        "raw_prompt": QUESTION,
+        "uid": "prompt-0",
+        "index": 0,
+    }
+    asyncio.run(agent_worker._compute_score([output], kwargs=dataset_fields))
+    assert dataset_fields["extra_info"] == {"index": 0, "split": "train"}, "the dataset's dict must not be mutated"
+    return output
+
+
+def with_options(config, **options):
+    config = copy.deepcopy(config)
+    with open_dict(config):
+        for key, value in options.items():
+            OmegaConf.update(config, key, value, force_add=True)
+    return config
+
+
+def importlib_source(module_path: str) -> dict:
+    return {
+        "reward.reward_manager.source": "importlib",
+        "reward.reward_manager.module.path": module_path,
+        "reward.reward_manager.name": "CreditRewardManager",
+    }
+
+
+def test_verl_resolves_credit_from_its_registry(config):
+    assert get_reward_manager_cls("credit") is CreditRewardManager
+    assert resolve_reward_manager_cls(config) is CreditRewardManager
+
+
+@pytest.mark.parametrize(
+    "module_path", ["pkg://credit_plugin.reward_manager", credit_plugin.reward_manager.__file__], ids=["pkg", "file"]
+)
+def test_verl_loads_credit_through_importlib(config, reward_worker, module_path):
+    config = with_options(config, **importlib_source(module_path))
+    cls = resolve_reward_manager_cls(config)
+    assert issubclass(cls, RewardManagerBase) and cls.__qualname__ == "CreditRewardManager"
+    # verl executes a file path anew on every load, so compare by name, not identity.
+    manager = load_reward_manager(config, reward_worker.input_tokenizer)
+    assert type(manager).__qualname__ == "CreditRewardManager" and isinstance(manager, RewardManagerBase)
+    assert manager.uses_credit_scorers and manager.score_options == {"timeout_s": 2}
+    assert get_reward_manager_cls("credit") is CreditRewardManager, "loading the file again must not re-register"
+
+
+def test_a_bare_dotted_module_path_is_taken_for_a_file_by_verl(config):
+    config = with_options(config, **importlib_source("credit_plugin.reward_manager"))
+    with pytest.raises(FileNotFoundError):
+        resolve_reward_manager_cls(config)
+
+
+def test_streaming_path_puts_feedback_into_extra_fields(reward_worker):
+    assert isinstance(reward_worker.reward_manager, CreditRewardManager)
+    wrong = stream_score(
+        reward_worker, "```python\na, b = map(int, input().split())\nprint(a - b)\n```", "livecodebench", ADD_TESTS
+    )
+    info = wrong.extra_fields["reward_extra_info"]
+    assert wrong.reward_score == 0.0 and info["acc"] is False and info["score"] == 0.0
+    assert "Test 1 failed: wrong answer." in info["feedback"] and "Your output:\n-1" in info["feedback"]
+
+    right = stream_score(
+        reward_worker, "```python\na, b = map(int, input().split())\nprint(a + b)\n```", "livecodebench", ADD_TESTS
+    )
+    assert right.reward_score == 1.0
+    assert right.extra_fields["reward_extra_info"] == {"score": 1.0, "acc": True, "feedback": ""}
+
+    science = stream_score(reward_worker, "<think>Maybe A.</think>The answer is \\boxed{C}.", "sciknoweval", "B")
+    assert science.extra_fields["reward_extra_info"]["feedback"] == "The chosen option C is incorrect."
+
+
+def test_batch_as_the_reward_loop_manager_sends_it_has_uniform_keys(reward_worker):
+    tokenizer = reward_worker.input_tokenizer
+    responses = ["Answer: B", 'Action: getWeather\nAction Input: {"city": "Rome"}', "```python\nprint(3)\n```"]
+    prompt = torch.tensor([tokenizer.encode("question", add_special_tokens=False)] * 3)
+    encoded = [tokenizer.encode(text, add_special_tokens=False) for text in responses]
+    width = max(map(len, encoded))
+    response_ids = torch.full((3, width), tokenizer.pad_token_id)
+    response_mask = torch.zeros(3, width, dtype=torch.long)
+    for row, ids in enumerate(encoded):
+        response_ids[row, : len(ids)] = torch.tensor(ids)
+        response_mask[row, : len(ids)] = 1
+    data = DataProto(
+        batch=TensorDict(
+            {
+                "prompts": prompt,
+                "responses": response_ids,
+                "attention_mask": torch.cat([torch.ones_like(prompt), response_mask], dim=1),
+            },
+            batch_size=3,
+        ),
+        non_tensor_batch={
+            "data_source": np.array(["sciknoweval", "toolalpaca", "livecodebench"], dtype=object),
+            "reward_model": np.array(
+                [
+                    {"ground_truth": "B"},
+                    {"ground_truth": {"name": "getWeather", "arguments": {"city": "Paris"}}},
+                    {"ground_truth": ADD_TESTS},
+                ],
+                dtype=object,
+            ),
+            "extra_info": np.array([{}, {}, None], dtype=object),
+        },
+    )
+    outputs = asyncio.run(reward_worker.compute_score_batch(data))
+    assert [out["reward_score"] for out in outputs] == [1.0, 0.0, 0.0]
+    # RewardLoopManager.compute_rm_score takes the keys of the first sample for every sample.
+    assert all(out["reward_extra_info"].keys() == {"score", "acc", "feedback"} for out in outputs)
+    feedback = np.array([out["reward_extra_info"]["feedback"] for out in outputs])
+    assert feedback[0] == "" and "wrong value for argument 'city'" in feedback[1] and "Passed 1 of 2" in feedback[2]
+
+
+def test_scoring_runs_off_the_event_loop(reward_worker):
+    manager = reward_worker.reward_manager
+    endless = "```python\nwhile True:\n    pass\n```"
+
+    async def main():
+        tokenizer = manager.tokenizer
+        ids = torch.tensor(tokenizer.encode(endless, add_special_tokens=False))
+        data = DataProto(
+            batch=TensorDict(
+                {"prompts": ids[:1][None], "responses": ids[None], "attention_mask": torch.ones(1, len(ids) + 1)},
+                batch_size=1,
+            ),
+            non_tensor_batch={
+                "data_source": np.array(["code"], dtype=object),
+                "reward_model": np.array([{"ground_truth": ADD_TESTS}], dtype=object),
+            },
+        )
+        ticks = 0
+        scoring = asyncio.ensure_future(manager.run_single(data))
+        while not scoring.done():
+            await asyncio.sleep(0.05)
+            ticks += 1
+        return scoring.result(), ticks
+
+    start = time.monotonic()
+    result, ticks = asyncio.run(main())
+    assert time.monotonic() - start >= 2.0 and ticks >= 20, "the loop kept running while the sandbox waited"
+    assert "time limit exceeded (2 s)" in result["reward_extra_info"]["feedback"]
+
+
+def test_custom_reward_function_is_used_like_naive(config, reward_worker, tmp_path):
+    module = tmp_path / "judge.py"
+    module.write_text(
+        "def rich(data_source, solution_str, ground_truth, extra_info=None, **kwargs):\n"
+        "    return {'score': 0.25, 'acc': False, 'feedback': 'judge: ' + solution_str.strip()[:6]}\n"
+        "def bare(data_source, solution_str, ground_truth, extra_info=None, **kwargs):\n"
+        "    return 0.75\n"
+    )
+    for name, expected in (
+        ("rich", {"score": 0.25, "acc": False, "feedback": "judge: Answer"}),
+        ("bare", {"acc": 0.75, "feedback": ""}),
+    ):
+        custom = with_options(
+            config, **{"reward.custom_reward_function.path": str(module), "reward.custom_reward_function.name": name}
+        )
+        # The worker as RewardLoopWorker._init_reward_fn would build it for this config (tokenizer reused).
+        worker = copy.copy(reward_worker)
+        worker.config = custom
+        worker.reward_manager = load_reward_manager(custom, reward_worker.input_tokenizer)
+        assert isinstance(worker.reward_manager, CreditRewardManager) and not worker.reward_manager.uses_credit_scorers
+        output = stream_score(worker, "Answer: B", "anything_goes", "B")
+        assert output.extra_fields["reward_extra_info"] == expected
+
+
+def test_unknown_reward_kwargs_are_named(config, reward_worker):
+    typo = with_options(config, **{"reward.reward_kwargs.timeout": 2})
+    with pytest.raises(ValueError, match=r"reward\.reward_kwargs \['timeout'\]"):
+        load_reward_manager(typo, reward_worker.input_tokenizer)
+
+
+def test_colocated_reward_model_inputs_give_a_clear_error(reward_worker):
+    # What PPOTrainerSync._compute_reward_colocate sends: no data_source, no ground truth.
+    data = DataProto(
+        batch=TensorDict(
+            {
+                "prompts": torch.tensor([[1, 2]]),
+                "responses": torch.tensor([[3, 4]]),
+                "attention_mask": torch.ones(1, 4, dtype=torch.long),
+            },
+            batch_size=1,
+        ),
+        non_tensor_batch={"raw_prompt": np.array([QUESTION], dtype=object)},
+    )
+    with pytest.raises(KeyError, match="colocated reward-model path"):
+        asyncio.run(reward_worker.reward_manager.run_single(data))
+
+
+def test_registration_survives_verls_own_plugin_import_order():
+    """verl imports plugins half-way through ``import verl``; importing the manager there must work."""
+    code = (
+        "import verl\n"
+        "from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls\n"
+        "print(get_reward_manager_cls('credit').__module__)\n"
+    )
+    env = {**os.environ, "VERL_USE_EXTERNAL_MODULES": "credit_plugin.reward_manager"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "credit_plugin.reward_manager"
