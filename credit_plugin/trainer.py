@@ -1,0 +1,282 @@
+"""``trainer.v1.trainer_mode: credit``: verl's sync PPO trainer plus the teacher pass.
+
+Between ``old_log_probs`` and the actor update, :meth:`CreditTrainer._compute_advantage` builds the
+teacher inputs of the batch (SDPO reprompts and CREDIT's contrast variants, ``credit_plugin.teacher``),
+scores all ``1 + K`` variants in **one** ``compute_log_prob`` call on the actor (``current`` teacher) or
+ref (``frozen``, ``ema``) mesh of verl's own worker group, and hands the scores to the ``credit``/``sdpo``
+estimator through verl's ``compute_advantage``. With the ``ema`` teacher, the ref engine follows the
+actor after every update (``credit_plugin.workers``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import ray
+import torch
+import transfer_queue as tq
+from omegaconf import DictConfig, open_dict
+from tensordict import TensorDict
+from transfer_queue import KVBatchMeta
+from verl.protocol import DataProto
+from verl.trainer.ppo.ray_trainer import apply_kl_penalty
+from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_and_add_to_batch
+from verl.trainer.ppo.utils import Role
+from verl.trainer.ppo.v1 import utils as v1_utils
+from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils import tensordict_utils as tu
+from verl.utils.debug import marked_timer
+from verl.workers.utils.padding import response_to_nested
+
+from credit_plugin.config import CreditConfig
+from credit_plugin.estimators import TEACHER_BATCH_KEYS
+from credit_plugin.negatives import negatives_generator
+from credit_plugin.registration import assert_registered
+from credit_plugin.rewards import contrastive_baseline, sdpo_token_rewards
+from credit_plugin.teacher import TeacherBatch, build_teacher_batch, split_teacher_log_probs
+from credit_plugin.workers import CreditActorRolloutRefWorker
+
+ESTIMATORS = ("credit", "sdpo")
+# Teachers scored by the ref engine of the worker group; ``current`` is the actor itself.
+REF_TEACHERS = ("frozen", "ema")
+
+
+def _feedback_of(data: TensorDict, size: int) -> list[str | None]:
+    """Per-sample feedback: ``extra_fields["reward_extra_info"]["feedback"]`` (streaming reward path) or a
+    top-level ``feedback`` field (colocated reward-model path); None where a sample has none."""
+    if "feedback" in data.keys():
+        return [None if text is None else str(text) for text in list(data["feedback"])]
+    feedback: list[str | None] = [None] * size
+    if "extra_fields" in data.keys():
+        for index, extra in enumerate(list(data["extra_fields"])):
+            info = (extra or {}).get("reward_extra_info") or {}
+            text = info.get("feedback")
+            feedback[index] = None if text is None else str(text)
+    return feedback
+
+
+@register_trainer("credit")
+class CreditTrainer(PPOTrainerSync):
+    """verl's ``PPOTrainerSync`` with CREDIT's teacher pass before the advantage estimator."""
+
+    def __init__(self, config: DictConfig):
+        assert_registered()
+        self.credit = CreditConfig.from_dict(config.get("credit"))
+        estimator = str(config.algorithm.adv_estimator)
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"trainer_mode=credit needs algorithm.adv_estimator in {ESTIMATORS}, got {estimator!r}")
+        if self.credit.teacher == "trust_region":
+            raise NotImplementedError(
+                "credit.teacher=trust_region (a logit mix of frozen and current teacher) is not implemented yet; "
+                "use ema, frozen or current"
+            )
+        if self.credit.granularity != "token":
+            raise NotImplementedError("credit.granularity=logit is not wired into the trainer yet; use token")
+        # The base class compares the mode with "sync" in several places (replay buffer, dataloader,
+        # checkpoints): registered under another name it would silently get async semantics.
+        with open_dict(config):
+            config.trainer.v1.trainer_mode = "sync"
+        super().__init__(config)
+
+    # ------------------------------------------------------------------ workers
+
+    def _init_resource_pool_mgr(self):
+        """Use the EMA-capable worker, and give the actor worker a ref engine when the teacher needs one."""
+        super()._init_resource_pool_mgr()
+        roles = [role for role in (Role.ActorRolloutRef, Role.ActorRollout, Role.Actor) if role in self.mapping]
+        role = roles[0]
+        if self.credit.teacher in REF_TEACHERS and role == Role.ActorRollout:
+            if self._ref_in_actor():
+                if self.credit.teacher == "ema":
+                    raise ValueError("credit.teacher=ema is not supported with LoRA; use frozen or current")
+            else:
+                del self.role_worker_mapping[role]
+                self.mapping[Role.ActorRolloutRef] = self.mapping.pop(role)
+                role = Role.ActorRolloutRef
+        self.role_worker_mapping[role] = ray.remote(CreditActorRolloutRefWorker)
+
+    def _setup(self):
+        super()._setup()
+        # verl wires ref_policy_wg only when it computes ref log-probs for a KL term itself.
+        if self.credit.teacher in REF_TEACHERS and getattr(self, "ref_policy_wg", None) is None:
+            self.ref_policy_wg = self.actor_rollout_wg
+
+    def _ref_in_actor(self) -> bool:
+        model = self.config.actor_rollout_ref.model
+        lora_rank = model.get("lora", {}).get("rank", 0) or model.get("lora_rank", 0)
+        return lora_rank > 0 or model.get("lora_adapter_path") is not None
+
+    def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        batch = super()._update_actor(batch, metrics)
+        if self.credit.teacher == "ema":
+            with marked_timer("teacher_ema", self.timing_raw):
+                changes = self.actor_rollout_wg.update_teacher_ema(self.credit.teacher_update_rate)
+            metrics["credit/teacher_ema_max_change"] = float(max(changes))
+        return batch
+
+    # ------------------------------------------------------------ teacher pass
+
+    def _teacher_settings(self) -> tuple[str, bool, int | None, int | None]:
+        """(mesh, dynamic batch size, token budget, micro-batch size) of the engine that scores the teacher."""
+        if self.credit.teacher == "current":
+            rollout = self.config.actor_rollout_ref.rollout
+            return (
+                "actor",
+                rollout.log_prob_use_dynamic_bsz,
+                rollout.log_prob_max_token_len_per_gpu,
+                rollout.log_prob_micro_batch_size_per_gpu,
+            )
+        ref = self.config.actor_rollout_ref.ref
+        return (
+            "ref",
+            ref.log_prob_use_dynamic_bsz,
+            ref.log_prob_max_token_len_per_gpu,
+            ref.log_prob_micro_batch_size_per_gpu,
+        )
+
+    def _teacher_row_multiple(self) -> int:
+        """Rows must split evenly over data-parallel ranks, and into micro-batches without dynamic batching."""
+        mesh, dynamic, _, micro_batch = self._teacher_settings()
+        wg = self.actor_rollout_wg if mesh == "actor" else self.ref_policy_wg
+        if mesh not in wg._dispatch_info:
+            wg._dispatch_info[mesh] = wg._query_dispatch_info(mesh)
+        dp_size = max(wg._dispatch_info[mesh]) + 1
+        return dp_size if dynamic else dp_size * int(micro_batch)
+
+    def _score_teacher_batch(self, teacher: TeacherBatch) -> TensorDict:
+        """One worker call for all ``(1 + K) * B`` rows, with the token budget raised to fit reprompts."""
+        _, dynamic, budget, _ = self._teacher_settings()
+        call = (
+            self.actor_rollout_wg.compute_log_prob
+            if self.credit.teacher == "current"
+            else self.ref_policy_wg.compute_ref_log_prob
+        )
+        if dynamic:
+            longest = int(teacher.data["input_ids"].offsets().diff().max())
+            tu.assign_non_tensor(teacher.data, max_token_len_per_gpu=max(int(budget or 0), longest))
+        output = call(teacher.data)
+        if len(output) != teacher.num_rows:
+            raise RuntimeError(f"teacher pass returned {len(output)} rows for {teacher.num_rows} sent")
+        return output
+
+    def _teacher_pass(self, batch: KVBatchMeta, width: int, metrics: dict) -> dict[str, torch.Tensor]:
+        """Teacher fields of every row of ``batch`` (padding rows: zeros and mask 0), padded to ``width``."""
+        real = [index for index, tag in enumerate(batch.tags) if not tag.get("is_padding", False)]
+        fields = ["uid", "prompts", "responses", "response_mask", "rm_scores", "raw_prompt", "extra_fields", "feedback"]
+        keys = [batch.keys[index] for index in real]
+        data = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=fields)
+        size = len(real)
+        teacher = build_teacher_batch(
+            raw_prompt=list(data["raw_prompt"]),
+            responses=data["responses"],
+            response_mask=data["response_mask"],
+            uid=np.array(list(data["uid"]), dtype=object),
+            scores=torch.stack([row.sum() for row in data["rm_scores"].unbind()]),
+            feedback=_feedback_of(data, size),
+            tokenizer=self.tokenizer,
+            config=self.credit,
+            prompts=data["prompts"],
+            apply_chat_template_kwargs=self.config.data.get("apply_chat_template_kwargs", None),
+            generator=negatives_generator(self.credit.negative_seed, self.global_steps),
+            temperature=self.config.actor_rollout_ref.rollout.temperature,
+            row_multiple=self._teacher_row_multiple(),
+        )
+        output = self._score_teacher_batch(teacher)
+        teacher_lp, contrast_lp = split_teacher_log_probs(output["log_probs"], teacher, width=width)
+        metrics.update(teacher.metrics())
+
+        rows = len(batch)
+        result = {
+            "teacher_log_probs": torch.zeros(rows, width),
+            "contrast_log_probs": torch.zeros(rows, teacher.num_negatives, width),
+            "self_distillation_mask": torch.zeros(rows),
+        }
+        index = torch.tensor(real, dtype=torch.long)
+        result["teacher_log_probs"][index] = teacher_lp.float()
+        result["contrast_log_probs"][index] = contrast_lp.float()
+        result["self_distillation_mask"][index] = teacher.self_distillation_mask.float()
+        return result
+
+    def _teacher_metrics(self, data: DataProto, metrics: dict) -> None:
+        """pMI, baseline and the sanity gap, over samples with a teacher context (padding rows excluded)."""
+        b = data.batch
+        context = b["self_distillation_mask"].bool()
+        mask = b["response_mask"] * b["self_distillation_mask"][:, None]
+        if context.any():
+            pmi = sdpo_token_rewards(b["teacher_log_probs"], b["old_log_probs"], mask).sum(-1)
+            metrics["credit/pmi_mean"] = pmi[context].mean().item()
+            if b["contrast_log_probs"].shape[1] > 0:
+                baseline = contrastive_baseline(b["contrast_log_probs"], mask, self.credit.negative_aggregate)
+                metrics["credit/baseline_mean"] = baseline.sum(-1)[context].mean().item()
+                contrast_gap = (b["teacher_log_probs"] - b["contrast_log_probs"].mean(1)) * mask
+                metrics["credit/contrast_gap_mean"] = contrast_gap.sum(-1)[context].mean().item()
+        # Rows without context were scored under their original prompt: a ``current`` teacher must
+        # reproduce ``old_log_probs`` there (a check of the layout); other teachers show their drift.
+        plain = (~context) & (b["response_mask"].sum(-1) > 0) & b["is_real"].bool()
+        if plain.any():
+            gap = ((b["teacher_log_probs"] - b["old_log_probs"]).abs() * b["response_mask"])[plain]
+            metrics["credit/teacher_sanity_gap"] = (gap.sum() / b["response_mask"][plain].sum()).item()
+
+    # ------------------------------------------------------------- advantages
+
+    def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        """verl's ``PPOTrainer._compute_advantage`` with the teacher fields added to the batch.
+
+        Mirrors the upstream body (a test pins its source hash): the teacher pass's outputs must sit in
+        ``data.batch`` when verl's ``compute_advantage`` runs, and upstream reads a fixed field list.
+        """
+        fields = ["uid", "response_mask", "rm_scores", "rollout_log_probs", "old_log_probs", "ref_log_prob", "values"]
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+
+        response_mask = data["response_mask"]
+        data = DataProto(batch=data.to_padded_tensor())
+        data.batch["token_level_scores"] = data.batch["rm_scores"]
+        data.non_tensor_batch["uid"] = np.array(data.batch.pop("uid").tolist(), dtype=object)
+
+        with marked_timer("teacher", self.timing_raw):
+            teacher = self._teacher_pass(batch, data.batch["response_mask"].shape[1], metrics)
+        for key in TEACHER_BATCH_KEYS:
+            if key in teacher:
+                data.batch[key] = teacher[key]
+        data.batch["is_real"] = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags])
+        self._teacher_metrics(data, metrics)
+
+        if self.config.algorithm.use_kl_in_reward:
+            data, kl_metrics = apply_kl_penalty(
+                data, kl_ctrl=self.kl_ctrl_in_reward, kl_penalty=self.config.algorithm.kl_penalty
+            )
+            metrics.update(kl_metrics)
+        else:
+            data.batch["token_level_rewards"] = data.batch["token_level_scores"]
+
+        rollout_corr_config = self.config.algorithm.get("rollout_correction", None)
+        bypass_recomputing_logprobs = rollout_corr_config and rollout_corr_config.get("bypass_mode", False)
+        rollout_correction = (
+            rollout_corr_config is not None and "rollout_log_probs" in data.batch and not bypass_recomputing_logprobs
+        )
+        if rollout_correction:
+            data, is_metrics = compute_rollout_correction_and_add_to_batch(data, rollout_corr_config)
+            metrics.update(is_metrics)
+
+        data = v1_utils.compute_advantage_for_multi_trajectories(
+            data,
+            batch_keys=batch.keys,
+            adv_estimator=self.config.algorithm.adv_estimator,
+            gamma=self.config.algorithm.gamma,
+            lam=self.config.algorithm.lam,
+            num_repeat=self.config.actor_rollout_ref.rollout.n,
+            norm_adv_by_std_in_grpo=self.config.algorithm.get("norm_adv_by_std_in_grpo", True),
+            config=self.credit,
+        )
+
+        fields = ["advantages", "returns"]
+        if self.config.algorithm.use_kl_in_reward:
+            fields.append("token_level_rewards")
+        if rollout_correction:
+            fields.append("response_mask")
+            if "rollout_is_weights" in data.batch:
+                fields.append("rollout_is_weights")
+
+        output = {field: response_to_nested(data.batch[field], response_mask) for field in fields}
+        output = TensorDict(output, batch_size=len(batch))
+        return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
