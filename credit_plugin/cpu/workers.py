@@ -56,18 +56,28 @@ def compose_cpu_config(
     world_size: int = 1,
     max_token_len_per_gpu: int = 2048,
     overrides: Sequence[str] = (),
+    config_name: str = "ppo_trainer",
 ) -> DictConfig:
     """verl's ``ppo_trainer`` config with :data:`CPU_OVERRIDES`, the model and the world size, resolved.
+
+    ``config_name="credit_trainer"`` composes the plugin's config (``credit_plugin.CONFIG_DIR``) instead.
 
     Log-prob micro-batches are packed by token count (dynamic batch size) up to ``max_token_len_per_gpu``
     tokens, so any batch size works; keep it small on CPU: the logits of a micro-batch take
     ``tokens * vocab * 4`` bytes. ``overrides`` come last and win.
     """
-    from hydra import compose, initialize_config_module
+    from hydra import compose, initialize_config_dir, initialize_config_module
 
-    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+    from credit_plugin.config import CONFIG_DIR
+
+    context = (
+        initialize_config_module(config_module="verl.trainer.config", version_base=None)
+        if config_name == "ppo_trainer"
+        else initialize_config_dir(config_dir=CONFIG_DIR, version_base=None)
+    )
+    with context:
         config = compose(
-            config_name="ppo_trainer",
+            config_name=config_name,
             overrides=[
                 *CPU_OVERRIDES,
                 f"actor_rollout_ref.model.path={model_path}",

@@ -1,0 +1,217 @@
+"""The CREDIT trainer's teacher pass and advantages on a real batch stored in TransferQueue, scored by
+verl's own actor/ref workers on CPU, against the formula computed with plain transformers forwards."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+
+import numpy as np
+import pytest
+import ray
+import torch
+import transfer_queue as tq
+import transformers
+from transfer_queue import KVBatchMeta
+from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+from credit_plugin.config import CreditConfig
+from credit_plugin.cpu.workers import compose_cpu_config, create_worker_groups, ray_init_kwargs
+from credit_plugin.negatives import negatives_generator, sample_negatives
+from credit_plugin.trainer import CreditTrainer
+
+pytestmark = pytest.mark.ray
+
+# The upstream method CreditTrainer._compute_advantage mirrors.
+UPSTREAM_COMPUTE_ADVANTAGE_SHA256 = "2a4a2aa4a475b228d401959818e0b9019276ce27961c133961de217baa387da7"
+
+STEP, SEED, K = 3, 11, 2
+QUESTIONS = ["What is 2 + 3?", "Reverse the word 'cat'.", "Sort the digits 3 1 2."]
+# (uid index, response text, score, feedback)
+SAMPLES = [
+    (0, "Answer: 5", 1.0, ""),
+    (0, "Answer: 6", 0.0, "Your answer 6 is wrong: 2 + 3 = 5."),
+    (1, "Answer: tac", 0.0, "Wrong: the letters of 'cat' reversed give 'tac'... check the order."),
+    (1, "Answer: act", 0.0, "Wrong: 'act' is not 'cat' reversed."),
+    (2, "Answer: 321", 0.0, ""),
+    (2, "Answer: 312", 0.0, None),
+]
+
+
+def test_upstream_compute_advantage_is_the_one_the_trainer_mirrors():
+    source = inspect.getsource(PPOTrainer._compute_advantage)
+    assert hashlib.sha256(source.encode()).hexdigest() == UPSTREAM_COMPUTE_ADVANTAGE_SHA256, (
+        "verl's PPOTrainer._compute_advantage changed: re-read CreditTrainer._compute_advantage against it"
+    )
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer):
+    directory = tmp_path_factory.mktemp("tiny_qwen2_trainer")
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    model = transformers.Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(20.0)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def stack(model_dir):
+    """Local Ray, TransferQueue and verl's actor + ref worker groups (world size 1) on the CPU platform."""
+    config = compose_cpu_config(
+        str(model_dir),
+        config_name="credit_trainer",
+        overrides=[
+            "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+            "actor_rollout_ref.rollout.calculate_log_probs=false",
+            "actor_rollout_ref.rollout.temperature=1.0",
+            "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=true",
+            "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=256",
+            "actor_rollout_ref.ref.log_prob_use_dynamic_bsz=true",
+            "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu=256",
+            f"credit.num_negatives={K}",
+            f"credit.negative_seed={SEED}",
+        ],
+    )
+    ray.init(**{**ray_init_kwargs(1), "num_cpus": 16})
+    config.transfer_queue.enable = True
+    tq.init(config.transfer_queue)
+    groups = create_worker_groups(config, roles=("actor", "ref"))
+    yield config, groups
+    tq.close()
+    ray.shutdown()
+
+
+def _chat(tokenizer, content: str) -> list[int]:
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+
+
+def _store_batch(tokenizer, prefix: str) -> KVBatchMeta:
+    """Rows laid out as verl's agent loop puts them into TransferQueue (plus rm_scores from the reward step)."""
+    keys, fields, tags = [], [], []
+    for index, (group, text, score, feedback) in enumerate(SAMPLES):
+        prompt = torch.tensor(_chat(tokenizer, QUESTIONS[group]))
+        response = torch.tensor(tokenizer.encode(text) + [tokenizer.convert_tokens_to_ids("<|im_end|>")])
+        input_ids = torch.cat([prompt, response])
+        rm_scores = torch.zeros(len(response))
+        rm_scores[-1] = score
+        info = {} if feedback is None else {"feedback": feedback, "acc": score > 0}
+        uid = f"{prefix}{group}"
+        fields.append(
+            {
+                "uid": uid,
+                "prompts": prompt,
+                "responses": response,
+                "response_mask": torch.ones(len(response), dtype=torch.int64),
+                "loss_mask": torch.ones(len(response), dtype=torch.int64),
+                "input_ids": input_ids,
+                "position_ids": torch.arange(len(input_ids)),
+                "rm_scores": rm_scores,
+                "raw_prompt": [{"role": "user", "content": QUESTIONS[group]}],
+                "extra_fields": {"reward_extra_info": info},
+            }
+        )
+        keys.append(f"{uid}_{index}_0")
+        tags.append({"status": "success", "seq_len": len(input_ids)})
+    tq.kv_batch_put(keys=keys, partition_id="train", fields=list_of_dict_to_tensordict(fields), tags=tags)
+    return KVBatchMeta(partition_id="train", keys=keys, tags=tags)
+
+
+def _trainer(config, groups, tokenizer, teacher: str) -> CreditTrainer:
+    """The trainer with its worker groups in place, as ``PPOTrainer._setup`` leaves it."""
+    trainer = CreditTrainer.__new__(CreditTrainer)
+    config.credit.teacher = teacher
+    trainer.config = config
+    trainer.credit = CreditConfig.from_dict(config.credit)
+    trainer.tokenizer = tokenizer
+    trainer.actor_rollout_wg = groups["actor"]
+    trainer.ref_policy_wg = groups["ref"]
+    trainer.global_steps = STEP
+    trainer.timing_raw = {}
+    return trainer
+
+
+def _expected_advantages(model_dir, tokenizer, config: CreditConfig, uids: np.ndarray) -> list[torch.Tensor]:
+    """SDPO's teacher contexts and CREDIT's negatives rebuilt by hand, scored with plain transformers."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    negatives = sample_negatives(uids, K, negatives_generator(SEED, STEP))
+
+    def response_log_probs(prompt_ids: list[int], response_ids: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt_ids + response_ids])).logits[0, len(prompt_ids) - 1 : -1].double()
+        return torch.log_softmax(logits, -1).gather(-1, torch.tensor(response_ids)[:, None])[:, 0]
+
+    expected = []
+    for index, (group, text, _, feedback) in enumerate(SAMPLES):
+        response = tokenizer.encode(text) + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+        student = response_log_probs(_chat(tokenizer, QUESTIONS[group]), response)
+        solution = "Answer: 5" if index == 1 else None  # the only success, never its own demonstration
+        use_feedback = bool(feedback) and solution is None
+        if solution is None and not use_feedback:
+            expected.append(torch.zeros(len(response), dtype=torch.float64))
+            continue
+
+        solution_block = config.solution_template.format(successful_previous_attempt=solution) if solution else ""
+        feedback_block = config.feedback_template.format(feedback_raw=feedback) if use_feedback else ""
+        questions = [QUESTIONS[group]] + [QUESTIONS[SAMPLES[int(row)][0]] for row in negatives[index]]
+        scores = [
+            response_log_probs(
+                _chat(
+                    tokenizer,
+                    config.reprompt_template.format(prompt=question, solution=solution_block, feedback=feedback_block),
+                ),
+                response,
+            )
+            for question in questions
+        ]
+        teacher, contrast = scores[0], torch.stack(scores[1:])
+        expected.append(teacher - config.contrast_coef * contrast.mean(0) - student)
+    return expected
+
+
+@pytest.mark.parametrize("teacher", ["frozen", "current"])
+def test_compute_advantage_equals_the_credit_formula(stack, model_dir, tokenizer, teacher):
+    config, groups = stack
+    trainer = _trainer(config, groups, tokenizer, teacher)
+    batch = _store_batch(tokenizer, prefix=f"{teacher}-")
+    calls = []
+    wg = groups["actor"] if teacher == "current" else groups["ref"]
+    method = "compute_log_prob" if teacher == "current" else "compute_ref_log_prob"
+    original = getattr(wg, method)
+
+    def counted(data):
+        calls.append(len(data))
+        return original(data)
+
+    metrics: dict = {}
+    trainer._compute_old_log_prob(batch, metrics)
+    setattr(wg, method, counted)
+    try:
+        trainer._compute_advantage(batch, metrics)
+    finally:
+        setattr(wg, method, original)
+
+    assert calls == [(1 + K) * len(SAMPLES)], "all 1+K variants of every sample in one worker call"
+    stored = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=["advantages"])
+    uids = np.array([f"{teacher}-{group}" for group, *_ in SAMPLES], dtype=object)
+    expected = _expected_advantages(model_dir, tokenizer, trainer.credit, uids)
+    for row, (got, want) in enumerate(zip(stored["advantages"].unbind(), expected, strict=True)):
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-4, msg=f"sample {row}")
+    assert metrics["credit/teacher/context_fraction"] == pytest.approx(3 / 6)
+    assert set(metrics) >= {"credit/pmi_mean", "credit/baseline_mean", "credit/contrast_gap_mean"}
+    # Rows without a teacher context were scored under their original prompt by unchanged weights.
+    assert metrics["credit/teacher_sanity_gap"] < 1e-4
