@@ -15,6 +15,7 @@ def register() -> None:
     """Register CREDIT's estimators and apply the patches they need (idempotent)."""
     import credit_plugin.estimators  # noqa: F401  (registers by decorator on first import)
     import credit_plugin.reward_manager  # noqa: F401  (registers reward manager "credit")
+    import credit_plugin.rollout  # noqa: F401  (registers the hf_cpu development rollout)
     import credit_plugin.trainer  # noqa: F401  (registers trainer_mode "credit")
 
     compute_advantage_batch_inputs.apply()
