@@ -1,0 +1,150 @@
+"""Train CREDIT (or SDPO, or GRPO) on the embedded tiny task with verl's own ``main_ppo``, on CPU.
+
+    python recipes/tiny_cpu/demo.py                       # CREDIT, recipes/tiny_cpu/credit.yaml
+    python recipes/tiny_cpu/demo.py --algo sdpo --steps 4 # SDPO (credit.contrast_coef=0)
+    python recipes/tiny_cpu/demo.py --compare             # CREDIT, SDPO and GRPO side by side
+    python recipes/tiny_cpu/demo.py -- trainer.total_training_steps=3   # extra Hydra overrides
+
+Each run writes ``<run-dir>/<algo>/metrics.jsonl`` (verl's file logger), ``command.txt`` and ``train.log``,
+and prints one line per step. The tiny model and parquet files are built once under ``<run-dir>/assets``.
+This is a development and CI recipe: the ``hf_cpu`` rollout generates with transformers; GPU users keep vLLM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RECIPE_DIR = Path(__file__).resolve().parent
+ALGOS = {
+    "credit": [],
+    "sdpo": ["credit.contrast_coef=0"],
+    "grpo": ["algorithm.adv_estimator=grpo", "trainer.v1.trainer_mode=sync"],
+}
+# (metrics key, column title) shown per step; a missing key prints "-" (e.g. pMI for GRPO).
+COLUMNS = [
+    ("critic/score/mean", "reward"),
+    ("credit/pmi_mean", "pMI"),
+    ("credit/contrast_gap_mean", "contrast_gap"),
+    ("credit/teacher/context_fraction", "ctx_frac"),
+    ("response_length/mean", "resp_len"),
+    ("actor/pg_loss", "pg_loss"),
+    ("timing_s/step", "step_s"),
+]
+
+
+def prepare_assets(assets: Path, seed: int) -> tuple[Path, Path, Path]:
+    """The tiny model (pre-trained for seconds, cached by seed) and the task's parquet files."""
+    from credit_plugin.tiny.model import build_tiny_model
+    from credit_plugin.tiny.task import write_parquet
+
+    model = build_tiny_model(assets / "model", seed=seed)
+    train, val = write_parquet(assets / "data", n_train=256, n_val=32, seed=seed)
+    return model, train, val
+
+
+def command(algo: str, run_dir: Path, model: Path, train: Path, val: Path, steps: int, extra: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "verl.trainer.main_ppo",
+        "--config-path",
+        str(RECIPE_DIR),
+        "--config-name",
+        "credit",
+        f"data.train_files={train}",
+        f"data.val_files={val}",
+        f"actor_rollout_ref.model.path={model}",
+        f"trainer.total_training_steps={steps}",
+        f"trainer.experiment_name={algo}",
+        f"trainer.default_local_dir={run_dir / 'checkpoints'}",
+        *ALGOS[algo],
+        *extra,
+    ]
+
+
+def _format(value) -> str:
+    return "-" if value is None else f"{value:.4g}" if isinstance(value, float | int) else str(value)
+
+
+def _print_step(record: dict) -> None:
+    data = record.get("data", record)
+    cells = [f"{title}={_format(data.get(key))}" for key, title in COLUMNS]
+    print(f"  step {record.get('step', data.get('training/global_step', '?'))}: " + "  ".join(cells), flush=True)
+
+
+def run(algo: str, run_root: Path, assets: tuple[Path, Path, Path], steps: int, extra: list[str]) -> Path:
+    """One ``main_ppo`` run; streams per-step metrics from its JSONL and returns the metrics path."""
+    run_dir = run_root / algo
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics = run_dir / "metrics.jsonl"
+    metrics.unlink(missing_ok=True)
+    argv = command(algo, run_dir, *assets, steps, extra)
+    (run_dir / "command.txt").write_text(" ".join(argv) + "\n")
+    env_vars = {
+        "VERL_PLATFORM": "cpu",
+        "VERL_USE_EXTERNAL_MODULES": "credit_plugin",
+        "VERL_FILE_LOGGER_PATH": str(metrics),
+    }
+    # Ray's workers get the variables through the runtime env as well as by inheritance.
+    argv += [f"+ray_kwargs.ray_init.runtime_env.env_vars.{key}={value}" for key, value in env_vars.items()]
+    env = {**os.environ, **env_vars, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"}
+    print(f"[{algo}] verl.trainer.main_ppo, {steps} steps; log: {run_dir / 'train.log'}", flush=True)
+    start, shown = time.time(), 0
+    with open(run_dir / "train.log", "w") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        while process.poll() is None:
+            time.sleep(2)
+            shown = _show_new(metrics, shown)
+        shown = _show_new(metrics, shown)
+    if process.returncode != 0:
+        tail = (run_dir / "train.log").read_text().splitlines()[-40:]
+        raise SystemExit(f"[{algo}] main_ppo failed with exit code {process.returncode}:\n" + "\n".join(tail))
+    print(f"[{algo}] done in {time.time() - start:.0f} s, {shown} steps, metrics: {metrics}", flush=True)
+    return metrics
+
+
+def _show_new(metrics: Path, shown: int) -> int:
+    if not metrics.exists():
+        return shown
+    lines = metrics.read_text().splitlines()
+    for line in lines[shown:]:
+        _print_step(json.loads(line))
+    return len(lines)
+
+
+def compare(paths: dict[str, Path]) -> None:
+    """Mean of the last half of the steps, per algorithm."""
+    print("\nalgo    " + "".join(f"{title:>14}" for _, title in COLUMNS))
+    for algo, path in paths.items():
+        records = [json.loads(line).get("data", {}) for line in path.read_text().splitlines()]
+        tail = records[len(records) // 2 :]
+        cells = []
+        for key, _ in COLUMNS:
+            values = [r[key] for r in tail if isinstance(r.get(key), int | float)]
+            cells.append(f"{sum(values) / len(values):>14.4g}" if values else f"{'-':>14}")
+        print(f"{algo:<8}" + "".join(cells))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algo", choices=sorted(ALGOS), default="credit")
+    parser.add_argument("--compare", action="store_true", help="run credit, sdpo and grpo and print a table")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/tiny_cpu"))
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for main_ppo")
+    args = parser.parse_args()
+    assets = prepare_assets(args.run_dir / "assets", args.seed)
+    algos = list(ALGOS) if args.compare else [args.algo]
+    paths = {algo: run(algo, args.run_dir, assets, args.steps, args.overrides) for algo in algos}
+    compare(paths)
+
+
+if __name__ == "__main__":
+    main()
