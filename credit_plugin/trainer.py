@@ -10,6 +10,8 @@ actor after every update (``credit_plugin.workers``).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import ray
 import torch
@@ -113,6 +115,13 @@ class CreditTrainer(PPOTrainerSync):
                 changes = self.actor_rollout_wg.update_teacher_ema(self.credit.teacher_update_rate)
             metrics["credit/teacher_ema_max_change"] = float(max(changes))
         return batch
+
+    def _save_checkpoint(self):
+        """verl's checkpoint, plus the EMA teacher, which no other checkpoint holds."""
+        super()._save_checkpoint()
+        if self.credit.teacher == "ema":
+            folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}", "teacher")
+            self.actor_rollout_wg.save_teacher(folder)
 
     # ------------------------------------------------------------ teacher pass
 

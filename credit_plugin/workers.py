@@ -7,7 +7,10 @@ identically sharded parameters and the update runs shard by shard on each rank, 
 
 from __future__ import annotations
 
+import os
+
 import torch
+from safetensors.torch import save_file
 from torch import nn
 from torch.distributed.tensor import DTensor
 from verl.single_controller.base.decorator import Dispatch, register
@@ -60,3 +63,17 @@ class CreditActorRolloutRefWorker(ActorRolloutRefWorker):
         if self.ref is None or self.actor is None:
             raise RuntimeError(f"the EMA teacher needs a worker with role actor_rollout_ref, got {self.role!r}")
         return ema_update_(_engine_modules(self.ref.engine), _engine_modules(self.actor.engine), rate)
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def save_teacher(self, local_path: str) -> None:
+        """Write the teacher's full weights (HF names) to ``local_path/model.safetensors`` from rank 0.
+
+        Gathering the full tensors is collective: every rank walks the whole generator.
+        """
+        if self.ref is None:
+            raise RuntimeError(f"save_teacher needs a worker with a ref engine, got role {self.role!r}")
+        params, _ = self.ref.engine.get_per_tensor_param()
+        tensors = {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in params}
+        if torch.distributed.get_rank() == 0:
+            os.makedirs(local_path, exist_ok=True)
+            save_file(tensors, os.path.join(local_path, "model.safetensors"))
