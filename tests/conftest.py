@@ -21,12 +21,10 @@ def tokenizer() -> transformers.PreTrainedTokenizerBase:
     return transformers.AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tokenizer) -> transformers.PreTrainedModel:
-    """A 2-layer random Qwen2 with the real vocabulary, float64 so identities hold to 1e-4 comfortably."""
-    torch.manual_seed(0)
-    config = transformers.Qwen2Config(
-        vocab_size=len(tokenizer),
+def tiny_qwen2_config(vocab_size: int, **overrides) -> transformers.Qwen2Config:
+    """The tests' 2-layer Qwen2 (hidden 32, 4 heads, 2 KV heads, sdpa); ``overrides`` win."""
+    settings = dict(
+        vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -36,11 +34,32 @@ def tiny_model(tokenizer) -> transformers.PreTrainedModel:
         tie_word_embeddings=True,
         attn_implementation="sdpa",
     )
-    model = transformers.Qwen2ForCausalLM(config).to(torch.float64).eval()
-    # Random init gives near-uniform next-token distributions; sharpen them so rewards are informative.
+    return transformers.Qwen2Config(**{**settings, **overrides})
+
+
+def random_tiny_qwen2(vocab_size: int) -> transformers.Qwen2ForCausalLM:
+    """Seeded random weights with tied, scaled-up embeddings: random init gives near-uniform next-token
+    distributions, and sharper ones make the context (prompt, feedback) visibly change the scores."""
+    torch.manual_seed(0)
+    model = transformers.Qwen2ForCausalLM(tiny_qwen2_config(vocab_size))
     with torch.no_grad():
         model.model.embed_tokens.weight.mul_(20.0)
-    return model
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tokenizer) -> transformers.PreTrainedModel:
+    """The random tiny Qwen2 with the real vocabulary, float64 so identities hold to 1e-4 comfortably."""
+    return random_tiny_qwen2(len(tokenizer)).to(torch.float64)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """The same model saved in fp32 with the tokenizer, as verl's workers load a model path."""
+    directory = tmp_path_factory.mktemp("tiny_qwen2")
+    random_tiny_qwen2(len(tokenizer)).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
 
 
 def response_log_probs(

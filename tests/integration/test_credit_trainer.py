@@ -47,24 +47,8 @@ def test_upstream_compute_advantage_is_the_one_the_trainer_mirrors():
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer):
-    directory = tmp_path_factory.mktemp("tiny_qwen2_trainer")
-    torch.manual_seed(0)
-    config = transformers.Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    model = transformers.Qwen2ForCausalLM(config)
-    with torch.no_grad():
-        model.model.embed_tokens.weight.mul_(20.0)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")

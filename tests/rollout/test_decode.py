@@ -7,6 +7,7 @@ import threading
 import pytest
 import torch
 import transformers
+from conftest import tiny_qwen2_config
 
 from credit_plugin.rollout.decode import generate_batch
 from credit_plugin.rollout.sampling import SamplingSpec
@@ -17,17 +18,7 @@ PAD = 0
 @pytest.fixture(scope="module")
 def model() -> transformers.PreTrainedModel:
     torch.manual_seed(0)
-    config = transformers.Qwen2Config(
-        vocab_size=256,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=False,
-        attn_implementation="sdpa",
-    )
-    model = transformers.Qwen2ForCausalLM(config).eval()
+    model = transformers.Qwen2ForCausalLM(tiny_qwen2_config(256, tie_word_embeddings=False)).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(5.0)
     return model

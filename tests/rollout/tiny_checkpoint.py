@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from conftest import tiny_qwen2_config
 
 
 @dataclass(frozen=True)
@@ -33,14 +34,8 @@ def load_reference(path: Path) -> transformers.PreTrainedModel:
 def save_tiny_checkpoint(tokenizer: transformers.PreTrainedTokenizerBase, path: Path) -> TinyModelDir:
     """Build the tiny model with the tokenizer's vocabulary and save both to ``path``."""
     torch.manual_seed(0)
-    config = transformers.Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+    config = tiny_qwen2_config(
+        len(tokenizer),
         tie_word_embeddings=False,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
