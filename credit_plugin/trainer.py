@@ -116,12 +116,27 @@ class CreditTrainer(PPOTrainerSync):
             metrics["credit/teacher_ema_max_change"] = float(max(changes))
         return batch
 
+    def _teacher_folder(self) -> str:
+        return os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}", "teacher")
+
     def _save_checkpoint(self):
         """verl's checkpoint, plus the EMA teacher, which no other checkpoint holds."""
         super()._save_checkpoint()
         if self.credit.teacher == "ema":
-            folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}", "teacher")
-            self.actor_rollout_wg.save_teacher(folder)
+            self.actor_rollout_wg.save_teacher(self._teacher_folder())
+
+    def _load_checkpoint(self):
+        """On resume, the EMA teacher continues from its saved weights, not from the initial model."""
+        super()._load_checkpoint()
+        if self.credit.teacher != "ema" or self.global_steps == 0:
+            return
+        folder = self._teacher_folder()
+        if not os.path.exists(os.path.join(folder, "model.safetensors")):
+            raise FileNotFoundError(
+                f"resuming an EMA-teacher run from step {self.global_steps} needs the teacher saved at {folder}; "
+                "set credit.teacher=frozen or start a new run"
+            )
+        self.actor_rollout_wg.load_teacher(folder)
 
     # ------------------------------------------------------------ teacher pass
 

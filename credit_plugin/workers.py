@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.tensor import DTensor
 from verl.single_controller.base.decorator import Dispatch, register
 from verl.workers.engine_workers import ActorRolloutRefWorker
@@ -77,3 +78,17 @@ class CreditActorRolloutRefWorker(ActorRolloutRefWorker):
         if torch.distributed.get_rank() == 0:
             os.makedirs(local_path, exist_ok=True)
             save_file(tensors, os.path.join(local_path, "model.safetensors"))
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def load_teacher(self, local_path: str) -> None:
+        """Load weights written by :meth:`save_teacher` into the ref engine (resuming an EMA run).
+
+        Every rank reads the file and keeps its own shards (FSDP); Megatron's chunked layout is not supported.
+        """
+        if self.ref is None:
+            raise RuntimeError(f"load_teacher needs a worker with a ref engine, got role {self.role!r}")
+        modules = _engine_modules(self.ref.engine)
+        if len(modules) != 1:
+            raise NotImplementedError("reloading the EMA teacher is implemented for FSDP engines only")
+        state = load_file(os.path.join(local_path, "model.safetensors"))
+        set_model_state_dict(modules[0], state, options=StateDictOptions(full_state_dict=True))

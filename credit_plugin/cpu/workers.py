@@ -92,7 +92,9 @@ def compose_cpu_config(
     return config
 
 
-def create_worker_groups(config: DictConfig, roles: Sequence[str] = ("actor", "ref")) -> dict[str, Any]:
+def create_worker_groups(
+    config: DictConfig, roles: Sequence[str] = ("actor", "ref"), worker_cls: type | None = None
+) -> dict[str, Any]:
     """Spawn verl's ``ActorRolloutRefWorker`` for each role in the same processes and initialise its models.
 
     Args:
@@ -100,6 +102,7 @@ def create_worker_groups(config: DictConfig, roles: Sequence[str] = ("actor", "r
             ``trainer.nnodes * trainer.n_gpus_per_node``.
         roles: ``"actor"`` and/or ``"ref"`` (the V1 trainer's ``Role.Actor`` / ``Role.RefPolicy``); roles with a
             rollout need a registered rollout backend.
+        worker_cls: a subclass of verl's ``ActorRolloutRefWorker`` to spawn instead of it.
 
     Returns:
         ``{role: RayWorkerGroup}``; call ``compute_log_prob`` on ``"actor"``, ``compute_ref_log_prob`` on ``"ref"``.
@@ -122,9 +125,9 @@ def create_worker_groups(config: DictConfig, roles: Sequence[str] = ("actor", "r
         mapping={by_name[role]: pool_name for role in roles},
     )
     manager.create_resource_pool()
-    worker_cls = ray.remote(ActorRolloutRefWorker)
+    remote_cls = ray.remote(worker_cls or ActorRolloutRefWorker)
     class_dict = {
-        role: RayClassWithInitArgs(cls=worker_cls, config=config.actor_rollout_ref, role=role) for role in roles
+        role: RayClassWithInitArgs(cls=remote_cls, config=config.actor_rollout_ref, role=role) for role in roles
     }
     fused = RayWorkerGroup(
         resource_pool=manager.resource_pool_dict[pool_name],

@@ -12,14 +12,17 @@ import ray
 import torch
 import transfer_queue as tq
 import transformers
+from safetensors.torch import load_file, save_file
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+from verl.workers.utils.padding import response_from_nested
 
 from credit_plugin.config import CreditConfig
-from credit_plugin.cpu.workers import compose_cpu_config, create_worker_groups, ray_init_kwargs
+from credit_plugin.cpu.workers import build_log_prob_batch, compose_cpu_config, create_worker_groups, ray_init_kwargs
 from credit_plugin.negatives import negatives_generator, sample_negatives
 from credit_plugin.trainer import CreditTrainer
+from credit_plugin.workers import CreditActorRolloutRefWorker
 
 pytestmark = pytest.mark.ray
 
@@ -72,7 +75,7 @@ def stack(model_dir):
     ray.init(**{**ray_init_kwargs(1), "num_cpus": 16})
     config.transfer_queue.enable = True
     tq.init(config.transfer_queue)
-    groups = create_worker_groups(config, roles=("actor", "ref"))
+    groups = create_worker_groups(config, roles=("actor", "ref"), worker_cls=CreditActorRolloutRefWorker)
     yield config, groups
     tq.close()
     ray.shutdown()
@@ -199,3 +202,32 @@ def test_compute_advantage_equals_the_credit_formula(stack, model_dir, tokenizer
     assert set(metrics) >= {"credit/pmi_mean", "credit/baseline_mean", "credit/contrast_gap_mean"}
     # Rows without a teacher context were scored under their original prompt by unchanged weights.
     assert metrics["credit/teacher_sanity_gap"] < 1e-4
+
+
+def test_teacher_weights_save_and_reload_into_the_ref_engine(stack, model_dir, tokenizer, tmp_path):
+    """An EMA run resumes with its teacher: saved full weights load back into the sharded ref engine."""
+    _, groups = stack
+    ref = groups["ref"]
+    ref.save_teacher(str(tmp_path / "saved"))
+    saved = load_file(tmp_path / "saved/model.safetensors")
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(saved[name], tensor, rtol=0, atol=0)
+
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(1.5)
+    (tmp_path / "moved").mkdir()
+    moved = {name: tensor.clone() for name, tensor in model.state_dict().items()}  # tied weights: own copies
+    save_file(moved, tmp_path / "moved/model.safetensors")
+    prompt, response = _chat(tokenizer, QUESTIONS[0]), tokenizer.encode(" Answer: 5")
+    try:
+        ref.load_teacher(str(tmp_path / "moved"))
+        out = ref.compute_ref_log_prob(build_log_prob_batch([prompt], [response]))
+    finally:
+        ref.load_teacher(str(tmp_path / "saved"))
+    got = response_from_nested(out["log_probs"], build_log_prob_batch([prompt], [response])["response_mask"])[0]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + response])).logits[0, len(prompt) - 1 : -1].double()
+    want = torch.log_softmax(logits, -1).gather(-1, torch.tensor(response)[:, None])[:, 0]
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-4)
