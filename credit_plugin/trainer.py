@@ -87,14 +87,17 @@ class CreditTrainer(PPOTrainerSync):
         super()._init_resource_pool_mgr()
         roles = [role for role in (Role.ActorRolloutRef, Role.ActorRollout, Role.Actor) if role in self.mapping]
         role = roles[0]
+        if self.credit.teacher in REF_TEACHERS and self._ref_in_actor():
+            raise ValueError(
+                f"credit.teacher={self.credit.teacher} with LoRA (the ref model lives in the actor) is not supported "
+                "yet; use credit.teacher=current"
+            )
+        if self.credit.teacher == "ema" and role == Role.Actor:
+            raise ValueError("credit.teacher=ema needs the actor and ref engines in one worker (hybrid engine)")
         if self.credit.teacher in REF_TEACHERS and role == Role.ActorRollout:
-            if self._ref_in_actor():
-                if self.credit.teacher == "ema":
-                    raise ValueError("credit.teacher=ema is not supported with LoRA; use frozen or current")
-            else:
-                del self.role_worker_mapping[role]
-                self.mapping[Role.ActorRolloutRef] = self.mapping.pop(role)
-                role = Role.ActorRolloutRef
+            del self.role_worker_mapping[role]
+            self.mapping[Role.ActorRolloutRef] = self.mapping.pop(role)
+            role = Role.ActorRolloutRef
         self.role_worker_mapping[role] = ray.remote(CreditActorRolloutRefWorker)
 
     def _setup(self):
