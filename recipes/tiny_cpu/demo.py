@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+# This process only builds assets and watches the run, but importing the plugin loads verl: keep it on CPU.
+os.environ.setdefault("VERL_PLATFORM", "cpu")
 RECIPE_DIR = Path(__file__).resolve().parent
 ALGOS = {
     "credit": [],
