@@ -21,6 +21,7 @@ algorithm config), or from a :class:`~credit_plugin.config.CreditConfig` passed 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -162,8 +163,7 @@ def compute_sdpo_advantage(
 
     Same arguments and returns as :func:`compute_credit_advantage`; ``contrast_log_probs`` is ignored.
     """
-    credit = resolve_credit_config(config)
-    credit = CreditConfig.from_dict({**vars(credit), "contrast_coef": 0.0})
+    credit = dataclasses.replace(resolve_credit_config(config), contrast_coef=0.0)
     return _distillation_advantages(
         token_level_rewards,
         response_mask,

@@ -11,6 +11,8 @@ actor after every update (``credit_plugin.workers``).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import ray
@@ -143,52 +145,42 @@ class CreditTrainer(PPOTrainerSync):
 
     # ------------------------------------------------------------ teacher pass
 
-    def _teacher_settings(self) -> tuple[str, bool, int | None, int | None]:
-        """(mesh, dynamic batch size, token budget, micro-batch size) of the engine that scores the teacher."""
+    def _teacher_engine(self) -> tuple[Any, Callable[[TensorDict], TensorDict], str, DictConfig]:
+        """The worker group that scores the teacher, its log-prob method, its mesh, and the config section
+        holding that engine's log-prob batching (``log_prob_use_dynamic_bsz`` etc.)."""
         if self.credit.teacher == "current":
-            rollout = self.config.actor_rollout_ref.rollout
-            return (
-                "actor",
-                rollout.log_prob_use_dynamic_bsz,
-                rollout.log_prob_max_token_len_per_gpu,
-                rollout.log_prob_micro_batch_size_per_gpu,
-            )
-        ref = self.config.actor_rollout_ref.ref
-        return (
-            "ref",
-            ref.log_prob_use_dynamic_bsz,
-            ref.log_prob_max_token_len_per_gpu,
-            ref.log_prob_micro_batch_size_per_gpu,
-        )
+            wg = self.actor_rollout_wg
+            return wg, wg.compute_log_prob, "actor", self.config.actor_rollout_ref.rollout
+        wg = self.ref_policy_wg
+        return wg, wg.compute_ref_log_prob, "ref", self.config.actor_rollout_ref.ref
 
     def _teacher_row_multiple(self) -> int:
         """Rows must split evenly over data-parallel ranks, and into micro-batches without dynamic batching."""
-        mesh, dynamic, _, micro_batch = self._teacher_settings()
-        wg = self.actor_rollout_wg if mesh == "actor" else self.ref_policy_wg
+        wg, _, mesh, section = self._teacher_engine()
         if mesh not in wg._dispatch_info:
             wg._dispatch_info[mesh] = wg._query_dispatch_info(mesh)
         dp_size = max(wg._dispatch_info[mesh]) + 1
-        return dp_size if dynamic else dp_size * int(micro_batch)
+        if section.log_prob_use_dynamic_bsz:
+            return dp_size
+        return dp_size * int(section.log_prob_micro_batch_size_per_gpu)
 
     def _score_teacher_batch(self, teacher: TeacherBatch) -> TensorDict:
         """One worker call for all ``(1 + K) * B`` rows, with the token budget raised to fit reprompts."""
-        _, dynamic, budget, _ = self._teacher_settings()
-        call = (
-            self.actor_rollout_wg.compute_log_prob
-            if self.credit.teacher == "current"
-            else self.ref_policy_wg.compute_ref_log_prob
-        )
-        if dynamic:
+        _, call, _, section = self._teacher_engine()
+        if section.log_prob_use_dynamic_bsz:
             longest = int(teacher.data["input_ids"].offsets().diff().max())
-            tu.assign_non_tensor(teacher.data, max_token_len_per_gpu=max(int(budget or 0), longest))
+            budget = max(int(section.log_prob_max_token_len_per_gpu or 0), longest)
+            tu.assign_non_tensor(teacher.data, max_token_len_per_gpu=budget)
         output = call(teacher.data)
         if len(output) != teacher.num_rows:
             raise RuntimeError(f"teacher pass returned {len(output)} rows for {teacher.num_rows} sent")
         return output
 
-    def _teacher_pass(self, batch: KVBatchMeta, width: int, metrics: dict) -> dict[str, torch.Tensor]:
+    def _teacher_pass(
+        self, batch: KVBatchMeta, is_real: torch.BoolTensor, width: int, metrics: dict
+    ) -> dict[str, torch.Tensor]:
         """Teacher fields of every row of ``batch`` (padding rows: zeros and mask 0), padded to ``width``."""
-        real = [index for index, tag in enumerate(batch.tags) if not tag.get("is_padding", False)]
+        real = is_real.nonzero().flatten().tolist()
         fields = ["uid", "prompts", "responses", "response_mask", "rm_scores", "raw_prompt", "extra_fields", "feedback"]
         keys = [batch.keys[index] for index in real]
         data = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=fields)
@@ -198,7 +190,7 @@ class CreditTrainer(PPOTrainerSync):
             responses=data["responses"],
             response_mask=data["response_mask"],
             uid=np.array(list(data["uid"]), dtype=object),
-            scores=torch.stack([row.sum() for row in data["rm_scores"].unbind()]),
+            scores=data["rm_scores"].to_padded_tensor(0.0).sum(-1),
             feedback=_feedback_of(data, size),
             tokenizer=self.tokenizer,
             config=self.credit,
@@ -224,7 +216,7 @@ class CreditTrainer(PPOTrainerSync):
         result["self_distillation_mask"][index] = teacher.self_distillation_mask.float()
         return result
 
-    def _teacher_metrics(self, data: DataProto, metrics: dict) -> None:
+    def _teacher_metrics(self, data: DataProto, is_real: torch.BoolTensor, metrics: dict) -> None:
         """pMI, baseline and the sanity gap, over samples with a teacher context (padding rows excluded)."""
         b = data.batch
         context = b["self_distillation_mask"].bool()
@@ -239,7 +231,7 @@ class CreditTrainer(PPOTrainerSync):
                 metrics["credit/contrast_gap_mean"] = contrast_gap.sum(-1)[context].mean().item()
         # Rows without context were scored under their original prompt: a ``current`` teacher must
         # reproduce ``old_log_probs`` there (a check of the layout); other teachers show their drift.
-        plain = (~context) & (b["response_mask"].sum(-1) > 0) & b["is_real"].bool()
+        plain = (~context) & (b["response_mask"].sum(-1) > 0) & is_real
         if plain.any():
             gap = ((b["teacher_log_probs"] - b["old_log_probs"]).abs() * b["response_mask"])[plain]
             metrics["credit/teacher_sanity_gap"] = (gap.sum() / b["response_mask"][plain].sum()).item()
@@ -260,13 +252,13 @@ class CreditTrainer(PPOTrainerSync):
         data.batch["token_level_scores"] = data.batch["rm_scores"]
         data.non_tensor_batch["uid"] = np.array(data.batch.pop("uid").tolist(), dtype=object)
 
+        is_real = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags])
         with marked_timer("teacher", self.timing_raw):
-            teacher = self._teacher_pass(batch, data.batch["response_mask"].shape[1], metrics)
+            teacher = self._teacher_pass(batch, is_real, data.batch["response_mask"].shape[1], metrics)
         for key in TEACHER_BATCH_KEYS:
             if key in teacher:
                 data.batch[key] = teacher[key]
-        data.batch["is_real"] = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags])
-        self._teacher_metrics(data, metrics)
+        self._teacher_metrics(data, is_real, metrics)
 
         if self.config.algorithm.use_kl_in_reward:
             data, kl_metrics = apply_kl_penalty(
