@@ -2,16 +2,22 @@
 
 Between ``old_log_probs`` and the actor update, :meth:`CreditTrainer._compute_advantage` builds the
 teacher inputs of the batch (SDPO reprompts and CREDIT's contrast variants, ``credit_plugin.teacher``),
-scores all ``1 + K`` variants in **one** ``compute_log_prob`` call on the actor (``current`` teacher) or
-ref (``frozen``, ``ema``) mesh of verl's own worker group, and hands the scores to the ``credit``/``sdpo``
-estimator through verl's ``compute_advantage``. With the ``ema`` teacher, the ref engine follows the
-actor after every update (``credit_plugin.workers``).
+scores all ``1 + K`` variants in **one** worker call, and hands the scores to the ``credit``/``sdpo``
+estimator through verl's ``compute_advantage``. Which call scores the teacher (:meth:`CreditTrainer._teacher_engine`):
+
+- ``current``: the actor's ``compute_log_prob`` (the weights that generated the batch);
+- ``frozen``/``ema``: the ref engine's ``compute_ref_log_prob`` (with LoRA, ``frozen`` is the actor with its
+  adapter disabled, as verl scores its own reference); the ``ema`` ref engine follows the actor after every
+  update (``credit_plugin.workers``);
+- ``trust_region``: ``compute_trust_region_log_prob`` on the actor mesh, mixing the frozen and the actor's
+  logits inside the worker.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,7 +30,7 @@ from transfer_queue import KVBatchMeta
 from verl.protocol import DataProto
 from verl.trainer.ppo.ray_trainer import apply_kl_penalty
 from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_and_add_to_batch
-from verl.trainer.ppo.utils import Role
+from verl.trainer.ppo.utils import Role, need_reference_policy
 from verl.trainer.ppo.v1 import utils as v1_utils
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
@@ -41,8 +47,29 @@ from credit_plugin.teacher import TeacherBatch, build_teacher_batch, split_teach
 from credit_plugin.workers import CreditActorRolloutRefWorker
 
 ESTIMATORS = ("credit", "sdpo")
-# Teachers scored by the ref engine of the worker group; ``current`` is the actor itself.
-REF_TEACHERS = ("frozen", "ema")
+# Teachers that need the frozen (ref) model next to the actor; ``current`` is the actor itself.
+REF_TEACHERS = ("frozen", "ema", "trust_region")
+# Teachers computed from both engines of one hybrid worker.
+HYBRID_TEACHERS = ("ema", "trust_region")
+
+
+@dataclass(frozen=True)
+class TeacherEngine:
+    """Where the teacher is scored.
+
+    Attributes:
+        wg: the worker group.
+        call: its log-prob method, taking verl's no-padding TensorDict.
+        mesh: the dispatch mesh of that method (``actor`` or ``ref``).
+        section: the config section holding that engine's log-prob batching (``log_prob_use_dynamic_bsz``...).
+        metadata: non-tensor fields the call needs on top of the teacher batch.
+    """
+
+    wg: Any
+    call: Callable[[TensorDict], TensorDict]
+    mesh: str
+    section: DictConfig
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def _feedback_of(data: TensorDict, size: int) -> list[str | None]:
@@ -69,11 +96,6 @@ class CreditTrainer(PPOTrainerSync):
         estimator = str(config.algorithm.adv_estimator)
         if estimator not in ESTIMATORS:
             raise ValueError(f"trainer_mode=credit needs algorithm.adv_estimator in {ESTIMATORS}, got {estimator!r}")
-        if self.credit.teacher == "trust_region":
-            raise NotImplementedError(
-                "credit.teacher=trust_region (a logit mix of frozen and current teacher) is not implemented yet; "
-                "use ema, frozen or current"
-            )
         if self.credit.granularity != "token":
             raise NotImplementedError("credit.granularity=logit is not wired into the trainer yet; use token")
         # The base class compares the mode with "sync" in several places (replay buffer, dataloader,
@@ -89,14 +111,24 @@ class CreditTrainer(PPOTrainerSync):
         super()._init_resource_pool_mgr()
         roles = [role for role in (Role.ActorRolloutRef, Role.ActorRollout, Role.Actor) if role in self.mapping]
         role = roles[0]
-        if self.credit.teacher in REF_TEACHERS and self._ref_in_actor():
+        teacher = self.credit.teacher
+        if teacher == "ema" and self._ref_in_actor():
             raise ValueError(
-                f"credit.teacher={self.credit.teacher} with LoRA (the ref model lives in the actor) is not supported "
-                "yet; use credit.teacher=current"
+                "credit.teacher=ema with LoRA (the ref model lives in the actor) is not supported; "
+                "use credit.teacher=frozen, trust_region or current"
             )
-        if self.credit.teacher == "ema" and role == Role.Actor:
-            raise ValueError("credit.teacher=ema needs the actor and ref engines in one worker (hybrid engine)")
-        if self.credit.teacher in REF_TEACHERS and role == Role.ActorRollout:
+        if teacher in HYBRID_TEACHERS and role == Role.Actor:
+            raise ValueError(f"credit.teacher={teacher} needs the actor and ref engines in one worker (hybrid engine)")
+        if (
+            teacher == "frozen"
+            and role == Role.Actor
+            and not (self._ref_in_actor() or need_reference_policy(self.config))
+        ):
+            raise ValueError(
+                "credit.teacher=frozen without the hybrid engine scores the teacher on verl's ref worker, which verl "
+                "only starts with a KL term: use the hybrid engine, or set actor_rollout_ref.actor.use_kl_loss=true"
+            )
+        if teacher in REF_TEACHERS and role == Role.ActorRollout and not self._ref_in_actor():
             del self.role_worker_mapping[role]
             self.mapping[Role.ActorRolloutRef] = self.mapping.pop(role)
             role = Role.ActorRolloutRef
@@ -145,33 +177,41 @@ class CreditTrainer(PPOTrainerSync):
 
     # ------------------------------------------------------------ teacher pass
 
-    def _teacher_engine(self) -> tuple[Any, Callable[[TensorDict], TensorDict], str, DictConfig]:
-        """The worker group that scores the teacher, its log-prob method, its mesh, and the config section
-        holding that engine's log-prob batching (``log_prob_use_dynamic_bsz`` etc.)."""
-        if self.credit.teacher == "current":
-            wg = self.actor_rollout_wg
-            return wg, wg.compute_log_prob, "actor", self.config.actor_rollout_ref.rollout
-        wg = self.ref_policy_wg
-        return wg, wg.compute_ref_log_prob, "ref", self.config.actor_rollout_ref.ref
+    def _teacher_engine(self) -> TeacherEngine:
+        """Which worker group and method score the configured teacher."""
+        actor, rollout = self.actor_rollout_wg, self.config.actor_rollout_ref.rollout
+        teacher = self.credit.teacher
+        if teacher == "current":
+            return TeacherEngine(actor, actor.compute_log_prob, "actor", rollout)
+        if teacher == "trust_region":
+            coef = {"trust_region_coef": self.credit.teacher_update_rate}
+            return TeacherEngine(actor, actor.compute_trust_region_log_prob, "actor", rollout, coef)
+        if self._ref_in_actor():
+            return TeacherEngine(actor, actor.compute_log_prob, "actor", rollout, {"no_lora_adapter": True})
+        ref = self.ref_policy_wg
+        return TeacherEngine(ref, ref.compute_ref_log_prob, "ref", self.config.actor_rollout_ref.ref)
 
     def _teacher_row_multiple(self) -> int:
         """Rows must split evenly over data-parallel ranks, and into micro-batches without dynamic batching."""
-        wg, _, mesh, section = self._teacher_engine()
+        engine = self._teacher_engine()
+        wg, mesh = engine.wg, engine.mesh
         if mesh not in wg._dispatch_info:
             wg._dispatch_info[mesh] = wg._query_dispatch_info(mesh)
         dp_size = max(wg._dispatch_info[mesh]) + 1
-        if section.log_prob_use_dynamic_bsz:
+        if engine.section.log_prob_use_dynamic_bsz:
             return dp_size
-        return dp_size * int(section.log_prob_micro_batch_size_per_gpu)
+        return dp_size * int(engine.section.log_prob_micro_batch_size_per_gpu)
 
     def _score_teacher_batch(self, teacher: TeacherBatch) -> TensorDict:
         """One worker call for all ``(1 + K) * B`` rows, with the token budget raised to fit reprompts."""
-        _, call, _, section = self._teacher_engine()
+        engine = self._teacher_engine()
+        section = engine.section
         if section.log_prob_use_dynamic_bsz:
             longest = int(teacher.data["input_ids"].offsets().diff().max())
             budget = max(int(section.log_prob_max_token_len_per_gpu or 0), longest)
             tu.assign_non_tensor(teacher.data, max_token_len_per_gpu=budget)
-        output = call(teacher.data)
+        tu.assign_non_tensor(teacher.data, **engine.metadata)
+        output = engine.call(teacher.data)
         if len(output) != teacher.num_rows:
             raise RuntimeError(f"teacher pass returned {len(output)} rows for {teacher.num_rows} sent")
         return output

@@ -1,21 +1,34 @@
-"""verl's ``ActorRolloutRefWorker`` with an EMA teacher kept in its ref engine.
+"""verl's ``ActorRolloutRefWorker`` with the teachers its own engines do not offer.
 
-The ``ema`` teacher is ``theta_ref <- (1 - tau) * theta_ref + tau * theta_actor`` after every actor
-update. The ref engine is built from the same model and parallel config as the actor, so both hold
-identically sharded parameters and the update runs shard by shard on each rank, without gathering.
+- ``ema``: ``theta_ref <- (1 - tau) * theta_ref + tau * theta_actor`` after every actor update. The ref
+  engine is built from the same model and parallel config as the actor, so both hold identically sharded
+  parameters and the update runs shard by shard on each rank, without gathering.
+- ``trust_region``: ``log_softmax((1 - tau) * z_frozen + tau * z_current)``. verl's FSDP engine hands a
+  micro-batch's full logits to its loss function when the batch carries ``distillation_use_topk`` (the hook
+  of its top-k distillation); :class:`TrustRegionLogits` uses that hook during the actor's forward to run
+  the frozen model (the ref engine, or the actor with its LoRA adapter disabled) on the same micro-batch and
+  mix the two, so no full logits ever leave the worker.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from tensordict import TensorDict
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.tensor import DTensor
-from verl.single_controller.base.decorator import Dispatch, register
+from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
+from verl.utils import tensordict_utils as tu
+from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.engine_workers import ActorRolloutRefWorker
+
+from credit_plugin.trust_region import trust_region_log_probs
 
 
 def _engine_modules(engine) -> list[nn.Module]:
@@ -55,8 +68,108 @@ def ema_update_(teacher: list[nn.Module], student: list[nn.Module], rate: float)
     return largest
 
 
+def _zero_loss(data: TensorDict) -> tuple[torch.Tensor, dict]:
+    return torch.zeros((), device=data["input_ids"].device), {}
+
+
+def engine_logits(engine: FSDPEngineWithLMHead, micro_batch: TensorDict) -> torch.Tensor:
+    """The temperature-scaled logits of ``micro_batch`` from ``engine``'s own forward step.
+
+    ``micro_batch`` must carry ``distillation_use_topk`` and ``distillation_only`` (verl then passes the
+    logits to the loss function and skips its own log-probs).
+
+    Returns:
+        Tensor of shape (1, N, V): N packed positions in the engine's layout (sliced and padded under
+        Ulysses sequence parallelism).
+    """
+    captured: list[torch.Tensor] = []
+
+    def capture(*, data: TensorDict, student_logits: torch.Tensor | None = None, **_: Any):
+        if student_logits is None:
+            return _zero_loss(data)
+        captured.append(student_logits)
+        return {}
+
+    engine.forward_step(micro_batch, loss_function=capture, forward_only=True)
+    if len(captured) != 1:
+        raise RuntimeError("the frozen model's forward did not expose its logits (fused kernels enabled?)")
+    return captured[0]
+
+
+class TrustRegionLogits:
+    """verl engine loss function that returns the trust-region teacher's label log-probs as ``log_probs``.
+
+    Called twice per micro-batch by ``FSDPEngineWithLMHead.forward_step``: first with the actor's logits
+    (``student_logits``, shape (1, N, V)), returning ``{"log_probs": (1, N)}``, which verl gathers into its
+    usual nested ``log_probs`` output; then as the loss (zero: nothing is trained).
+    """
+
+    def __init__(
+        self,
+        actor_engine: FSDPEngineWithLMHead,
+        frozen_logits: Callable[[TensorDict], torch.Tensor],
+        coef: float,
+    ):
+        self.actor_engine = actor_engine
+        self.frozen_logits = frozen_logits
+        self.coef = coef
+
+    def __call__(self, *, data: TensorDict, student_logits: torch.Tensor | None = None, **_: Any):
+        if student_logits is None:
+            return _zero_loss(data)
+        frozen = self.frozen_logits(data)
+        # The labels in the layout of the logits (rolled, SP-sliced): recomputed by verl's own input step.
+        _, output_args = self.actor_engine.prepare_model_inputs(micro_batch=data)
+        labels = output_args["input_ids_rmpad_rolled"].reshape(-1)
+        log_probs = trust_region_log_probs(frozen.squeeze(0), student_logits.squeeze(0), labels, self.coef)
+        return {"log_probs": log_probs.unsqueeze(0)}
+
+
 class CreditActorRolloutRefWorker(ActorRolloutRefWorker):
-    """Adds the EMA teacher update to verl's hybrid worker; everything else is verl's."""
+    """Adds the EMA and trust-region teachers to verl's hybrid worker; everything else is verl's."""
+
+    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
+    def compute_trust_region_log_prob(self, data: TensorDict) -> TensorDict:
+        """``compute_log_prob`` of the trust-region teacher: ``log_softmax((1 - tau) * z_frozen + tau * z_actor)``.
+
+        ``data`` is the batch ``compute_log_prob`` takes, plus the non-tensor ``trust_region_coef`` (tau).
+        The frozen model is the ref engine, or the actor with its LoRA adapter disabled when the worker has
+        no ref engine (verl's ``ref_in_actor``). Returns verl's nested ``log_probs`` over every sequence.
+        """
+        if self.actor is None:
+            raise RuntimeError(f"the trust-region teacher needs the actor engine, got role {self.role!r}")
+        engine = self.actor.engine
+        if not isinstance(engine, FSDPEngineWithLMHead):
+            raise NotImplementedError(
+                f"credit.teacher=trust_region is implemented for the FSDP engines, not {type(engine).__name__}"
+            )
+        if self.actor.engine_config.use_fused_kernels:
+            raise ValueError(
+                "credit.teacher=trust_region needs full logits: set actor_rollout_ref.model.use_fused_kernels=false"
+            )
+        coef = float(tu.pop(data, key="trust_region_coef"))
+        if self.ref is not None:
+            frozen_engine, frozen_mode = self.ref.engine, self.ref.engine.eval_mode()
+
+            def frozen(micro_batch: TensorDict) -> torch.Tensor:
+                return engine_logits(frozen_engine, micro_batch)
+        else:
+            frozen_mode = nullcontext()
+
+            def frozen(micro_batch: TensorDict) -> torch.Tensor:
+                with engine.disable_adapter():
+                    return engine_logits(engine, micro_batch)
+
+        tu.assign_non_tensor(data, compute_loss=True, distillation_use_topk=True, distillation_only=True)
+        # TrainingWorker.infer_batch hands its loss function to the engine, which passes it the logits.
+        loss_fn = self.actor.loss_fn
+        self.actor.loss_fn = TrustRegionLogits(engine, frozen, coef)
+        try:
+            with frozen_mode:
+                output = self.actor.infer_batch(data)
+        finally:
+            self.actor.loss_fn = loss_fn
+        return output.cpu() if output is not None else None
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def update_teacher_ema(self, rate: float) -> float:

@@ -20,7 +20,6 @@ def _config(*overrides: str):
     ("overrides", "error", "message"),
     [
         (["algorithm.adv_estimator=grpo"], ValueError, "needs algorithm.adv_estimator in"),
-        (["credit.teacher=trust_region"], NotImplementedError, "trust_region"),
         (["credit.granularity=logit"], NotImplementedError, "granularity=logit"),
         (["+credit.num_negativs=2"], ValueError, "did you mean credit.num_negatives"),
     ],
@@ -38,12 +37,12 @@ def _worker_mapping(*overrides: str) -> CreditTrainer:
     return trainer
 
 
-@pytest.mark.parametrize(("teacher", "role"), [("ema", Role.ActorRolloutRef), ("frozen", Role.ActorRolloutRef)])
-def test_ref_teachers_get_a_ref_engine_in_the_ema_capable_worker(teacher, role):
+@pytest.mark.parametrize("teacher", ["ema", "frozen", "trust_region"])
+def test_ref_teachers_get_a_ref_engine_in_the_credit_worker(teacher):
     trainer = _worker_mapping(f"credit.teacher={teacher}")
-    assert list(trainer.role_worker_mapping) == [role]
-    assert trainer.mapping[role] == "global_pool"
-    assert trainer.role_worker_mapping[role].__ray_actor_class__ is CreditActorRolloutRefWorker
+    assert list(trainer.role_worker_mapping) == [Role.ActorRolloutRef]
+    assert trainer.mapping[Role.ActorRolloutRef] == "global_pool"
+    assert trainer.role_worker_mapping[Role.ActorRolloutRef].__ray_actor_class__ is CreditActorRolloutRefWorker
 
 
 def test_current_teacher_needs_no_ref_engine():
@@ -51,6 +50,28 @@ def test_current_teacher_needs_no_ref_engine():
     assert list(trainer.role_worker_mapping) == [Role.ActorRollout]
 
 
-def test_lora_with_a_ref_teacher_is_a_clear_error():
+@pytest.mark.parametrize("teacher", ["frozen", "trust_region"])
+def test_with_lora_the_frozen_model_is_the_actor_without_its_adapter(teacher):
+    trainer = _worker_mapping(f"credit.teacher={teacher}", "actor_rollout_ref.model.lora_rank=8")
+    assert list(trainer.role_worker_mapping) == [Role.ActorRollout], "verl's ref_in_actor: no second model"
+    assert trainer.role_worker_mapping[Role.ActorRollout].__ray_actor_class__ is CreditActorRolloutRefWorker
+
+
+def test_lora_with_the_ema_teacher_is_a_clear_error():
     with pytest.raises(ValueError, match="credit.teacher=ema with LoRA"):
         _worker_mapping("credit.teacher=ema", "actor_rollout_ref.model.lora_rank=8")
+
+
+@pytest.mark.parametrize("teacher", ["ema", "trust_region"])
+def test_hybrid_teachers_without_the_hybrid_engine_are_a_clear_error(teacher, monkeypatch):
+    monkeypatch.setattr(CreditTrainer, "_enable_hybrid_replicas", False, raising=False)
+    with pytest.raises(ValueError, match=f"credit.teacher={teacher} needs the actor and ref engines in one worker"):
+        _worker_mapping(f"credit.teacher={teacher}")
+
+
+def test_frozen_teacher_without_the_hybrid_engine_needs_verls_ref_worker(monkeypatch):
+    monkeypatch.setattr(CreditTrainer, "_enable_hybrid_replicas", False, raising=False)
+    with pytest.raises(ValueError, match="use_kl_loss=true"):
+        _worker_mapping("credit.teacher=frozen")
+    trainer = _worker_mapping("credit.teacher=frozen", "actor_rollout_ref.actor.use_kl_loss=true")
+    assert set(trainer.role_worker_mapping) == {Role.Actor, Role.RefPolicy}

@@ -1,5 +1,6 @@
 """The CREDIT trainer's teacher pass and advantages on a real batch stored in TransferQueue, scored by
-verl's own actor/ref workers on CPU, against the formula computed with plain transformers forwards."""
+verl's own hybrid actor/rollout/ref worker on CPU (the worker the trainer starts for a ref teacher), against
+the formula computed with plain transformers forwards."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.ray
 UPSTREAM_COMPUTE_ADVANTAGE_SHA256 = "2a4a2aa4a475b228d401959818e0b9019276ce27961c133961de217baa387da7"
 
 STEP, SEED, K = 3, 11, 2
+TAU = 0.3  # trust-region mix, far from both ends so that a wrong mix shows
 QUESTIONS = ["What is 2 + 3?", "Reverse the word 'cat'.", "Sort the digits 3 1 2."]
 # (uid index, response text, score, feedback)
 SAMPLES = [
@@ -56,12 +58,14 @@ def model_dir(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def stack(model_dir):
-    """Local Ray, TransferQueue and verl's actor + ref worker groups (world size 1) on the CPU platform."""
+    """Local Ray, TransferQueue and one ``actor_rollout_ref`` worker group (world size 1) on the CPU platform."""
     config = compose_cpu_config(
         str(model_dir),
         config_name="credit_trainer",
         overrides=[
             "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+            "actor_rollout_ref.rollout.name=hf_cpu",
+            "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
             "actor_rollout_ref.rollout.calculate_log_probs=false",
             "actor_rollout_ref.rollout.temperature=1.0",
             "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=true",
@@ -70,13 +74,14 @@ def stack(model_dir):
             "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu=256",
             f"credit.num_negatives={K}",
             f"credit.negative_seed={SEED}",
+            f"credit.teacher_update_rate={TAU}",
         ],
     )
     ray.init(**{**ray_init_kwargs(1), "num_cpus": 16})
     config.transfer_queue.enable = True
     tq.init(config.transfer_queue)
-    groups = create_worker_groups(config, roles=("actor", "ref"), worker_cls=CreditActorRolloutRefWorker)
-    yield config, groups
+    groups = create_worker_groups(config, roles=("actor_rollout_ref",), worker_cls=CreditActorRolloutRefWorker)
+    yield config, groups["actor_rollout_ref"]
     tq.close()
     ray.shutdown()
 
@@ -118,34 +123,58 @@ def _store_batch(tokenizer, prefix: str) -> KVBatchMeta:
     return KVBatchMeta(partition_id="train", keys=keys, tags=tags)
 
 
-def _trainer(config, groups, tokenizer, teacher: str) -> CreditTrainer:
-    """The trainer with its worker groups in place, as ``PPOTrainer._setup`` leaves it."""
+def _trainer(config, worker_group, tokenizer, teacher: str) -> CreditTrainer:
+    """The trainer with its worker group in place, as ``PPOTrainer._setup`` leaves it for a ref teacher."""
     trainer = CreditTrainer.__new__(CreditTrainer)
     config.credit.teacher = teacher
     trainer.config = config
     trainer.credit = CreditConfig.from_dict(config.credit)
     trainer.tokenizer = tokenizer
-    trainer.actor_rollout_wg = groups["actor"]
-    trainer.ref_policy_wg = groups["ref"]
+    trainer.actor_rollout_wg = worker_group
+    trainer.ref_policy_wg = worker_group
     trainer.global_steps = STEP
     trainer.timing_raw = {}
     return trainer
 
 
-def _expected_advantages(model_dir, tokenizer, config: CreditConfig, uids: np.ndarray) -> list[torch.Tensor]:
-    """SDPO's teacher contexts and CREDIT's negatives rebuilt by hand, scored with plain transformers."""
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+def _load(model_dir) -> transformers.PreTrainedModel:
+    return transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+def _scaled(model: transformers.PreTrainedModel, factor: float) -> dict[str, torch.Tensor]:
+    """A different model of the same shape (every weight times ``factor``), as a state dict of own copies."""
+    with torch.no_grad():
+        return {name: tensor.clone() * factor for name, tensor in model.state_dict().items()}
+
+
+def _logits(model, prompt_ids: list[int], response_ids: list[int]) -> torch.Tensor:
+    """Shape (R, V): the logits that predict each response token, float64."""
+    with torch.no_grad():
+        return model(torch.tensor([prompt_ids + response_ids])).logits[0, len(prompt_ids) - 1 : -1].double()
+
+
+def _label_log_probs(logits: torch.Tensor, response_ids: list[int]) -> torch.Tensor:
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(response_ids)[:, None])[:, 0]
+
+
+def _expected_advantages(
+    model_dir, tokenizer, config: CreditConfig, uids: np.ndarray, teacher_logits=None
+) -> list[torch.Tensor]:
+    """SDPO's teacher contexts and CREDIT's negatives rebuilt by hand, scored with plain transformers.
+
+    ``teacher_logits(prompt_ids, response_ids)`` gives the teacher's (R, V) logits; by default the actor's own.
+    """
+    model = _load(model_dir)
     negatives = sample_negatives(uids, K, negatives_generator(SEED, STEP))
+    teacher_logits = teacher_logits or (lambda prompt, response: _logits(model, prompt, response))
 
     def response_log_probs(prompt_ids: list[int], response_ids: list[int]) -> torch.Tensor:
-        with torch.no_grad():
-            logits = model(torch.tensor([prompt_ids + response_ids])).logits[0, len(prompt_ids) - 1 : -1].double()
-        return torch.log_softmax(logits, -1).gather(-1, torch.tensor(response_ids)[:, None])[:, 0]
+        return _label_log_probs(teacher_logits(prompt_ids, response_ids), response_ids)
 
     expected = []
     for index, (group, text, _, feedback) in enumerate(SAMPLES):
         response = tokenizer.encode(text) + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
-        student = response_log_probs(_chat(tokenizer, QUESTIONS[group]), response)
+        student = _label_log_probs(_logits(model, _chat(tokenizer, QUESTIONS[group]), response), response)
         solution = "Answer: 5" if index == 1 else None  # the only success, never its own demonstration
         use_feedback = bool(feedback) and solution is None
         if solution is None and not use_feedback:
@@ -170,15 +199,12 @@ def _expected_advantages(model_dir, tokenizer, config: CreditConfig, uids: np.nd
     return expected
 
 
-@pytest.mark.parametrize("teacher", ["frozen", "current"])
-def test_compute_advantage_equals_the_credit_formula(stack, model_dir, tokenizer, teacher):
-    config, groups = stack
-    trainer = _trainer(config, groups, tokenizer, teacher)
-    batch = _store_batch(tokenizer, prefix=f"{teacher}-")
+def _run_compute_advantage(trainer: CreditTrainer, worker_group, method: str, prefix: str):
+    """Old log-probs then ``_compute_advantage`` on a freshly stored batch; returns (advantages, metrics,
+    rows sent per call of the teacher ``method``)."""
+    batch = _store_batch(trainer.tokenizer, prefix=prefix)
     calls = []
-    wg = groups["actor"] if teacher == "current" else groups["ref"]
-    method = "compute_log_prob" if teacher == "current" else "compute_ref_log_prob"
-    original = getattr(wg, method)
+    original = getattr(worker_group, method)
 
     def counted(data):
         calls.append(len(data))
@@ -186,28 +212,72 @@ def test_compute_advantage_equals_the_credit_formula(stack, model_dir, tokenizer
 
     metrics: dict = {}
     trainer._compute_old_log_prob(batch, metrics)
-    setattr(wg, method, counted)
+    setattr(worker_group, method, counted)
     try:
         trainer._compute_advantage(batch, metrics)
     finally:
-        setattr(wg, method, original)
+        setattr(worker_group, method, original)
+    stored = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=["advantages"])
+    return stored["advantages"].unbind(), metrics, calls
+
+
+def _assert_rows_close(got_rows, expected) -> None:
+    for row, (got, want) in enumerate(zip(got_rows, expected, strict=True)):
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-4, msg=f"sample {row}")
+
+
+@pytest.mark.parametrize("teacher", ["frozen", "current"])
+def test_compute_advantage_equals_the_credit_formula(stack, model_dir, tokenizer, teacher):
+    config, worker_group = stack
+    trainer = _trainer(config, worker_group, tokenizer, teacher)
+    method = "compute_log_prob" if teacher == "current" else "compute_ref_log_prob"
+    advantages, metrics, calls = _run_compute_advantage(trainer, worker_group, method, prefix=f"{teacher}-")
 
     assert calls == [(1 + K) * len(SAMPLES)], "all 1+K variants of every sample in one worker call"
-    stored = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=["advantages"])
     uids = np.array([f"{teacher}-{group}" for group, *_ in SAMPLES], dtype=object)
-    expected = _expected_advantages(model_dir, tokenizer, trainer.credit, uids)
-    for row, (got, want) in enumerate(zip(stored["advantages"].unbind(), expected, strict=True)):
-        torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-4, msg=f"sample {row}")
+    _assert_rows_close(advantages, _expected_advantages(model_dir, tokenizer, trainer.credit, uids))
     assert metrics["credit/teacher/context_fraction"] == pytest.approx(3 / 6)
     assert set(metrics) >= {"credit/pmi_mean", "credit/baseline_mean", "credit/contrast_gap_mean"}
     # Rows without a teacher context were scored under their original prompt by unchanged weights.
     assert metrics["credit/teacher_sanity_gap"] < 1e-4
 
 
+def test_trust_region_teacher_mixes_frozen_and_current_logits(stack, model_dir, tokenizer, tmp_path):
+    """``trust_region``: ``log_softmax((1 - tau) * z_frozen + tau * z_current)``, with a frozen model that differs
+    from the actor (loaded into the ref engine), all 1+K variants in one call of the worker's own method."""
+    config, worker_group = stack
+    actor = _load(model_dir)
+    frozen = _load(model_dir)
+    frozen_weights = _scaled(actor, 1.3)
+    frozen.load_state_dict(frozen_weights)
+    (tmp_path / "frozen").mkdir()
+    save_file(frozen_weights, tmp_path / "frozen/model.safetensors")
+    (tmp_path / "initial").mkdir()
+    save_file(_scaled(actor, 1.0), tmp_path / "initial/model.safetensors")
+
+    trainer = _trainer(config, worker_group, tokenizer, "trust_region")
+    worker_group.load_teacher(str(tmp_path / "frozen"))
+    try:
+        advantages, metrics, calls = _run_compute_advantage(
+            trainer, worker_group, "compute_trust_region_log_prob", prefix="trust-"
+        )
+    finally:
+        worker_group.load_teacher(str(tmp_path / "initial"))
+
+    assert calls == [(1 + K) * len(SAMPLES)], "all 1+K variants of every sample in one worker call"
+
+    def mixed(prompt, response):
+        return torch.lerp(_logits(frozen, prompt, response), _logits(actor, prompt, response), TAU)
+
+    uids = np.array([f"trust-{group}" for group, *_ in SAMPLES], dtype=object)
+    _assert_rows_close(advantages, _expected_advantages(model_dir, tokenizer, trainer.credit, uids, mixed))
+    # Plain rows show the mixed teacher's drift from the actor: a test that the frozen model took part.
+    assert metrics["credit/teacher_sanity_gap"] > 1e-3
+
+
 def test_teacher_weights_save_and_reload_into_the_ref_engine(stack, model_dir, tokenizer, tmp_path):
     """An EMA run resumes with its teacher: saved full weights load back into the sharded ref engine."""
-    _, groups = stack
-    ref = groups["ref"]
+    _, ref = stack
     ref.save_teacher(str(tmp_path / "saved"))
     saved = load_file(tmp_path / "saved/model.safetensors")
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
