@@ -3,6 +3,7 @@
 rollout (hf_cpu) -> reward with feedback -> old log-probs -> teacher pass -> CREDIT advantages -> actor
 update -> EMA teacher update -> metrics. Checks the metrics were written, the actor's weights moved, and
 the teacher followed ``teacher_k = (1 - tau) * teacher_{k-1} + tau * actor_k`` from the initial model.
+The same loop with the ``trust_region`` teacher checks the trainer starts the worker it needs.
 """
 
 from __future__ import annotations
@@ -22,23 +23,23 @@ REPO = Path(__file__).resolve().parents[2]
 STEPS, TAU = 2, 0.05
 
 
+def _demo(root: Path, *overrides: str) -> list[dict]:
+    """Run the tiny CPU recipe for STEPS steps; returns the per-step metrics verl's file logger wrote."""
+    command = [sys.executable, str(REPO / "recipes/tiny_cpu/demo.py"), "--steps", str(STEPS), "--run-dir", str(root)]
+    result = subprocess.run([*command, "--", *overrides], capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return [json.loads(line)["data"] for line in (root / "credit/metrics.jsonl").read_text().splitlines()]
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny_cpu_smoke")
-    command = [
-        sys.executable,
-        str(REPO / "recipes/tiny_cpu/demo.py"),
-        "--steps",
-        str(STEPS),
-        "--run-dir",
-        str(root),
-        "--",
+    _demo(
+        root,
         "trainer.save_freq=1",
         "actor_rollout_ref.actor.checkpoint.save_contents=[model,extra,hf_model]",
         f"credit.teacher_update_rate={TAU}",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    )
     return root
 
 
@@ -74,3 +75,11 @@ def test_actor_moved_and_teacher_followed_the_ema_rule(run_dir):
             expected = (1 - TAU) * teacher[name] + TAU * actor[name]
             torch.testing.assert_close(value, expected, rtol=0, atol=1e-5, msg=f"step {step}, {name}")
         teacher = saved
+
+
+def test_trust_region_teacher_runs_the_loop(tmp_path):
+    records = _demo(tmp_path, "credit.teacher=trust_region", "credit.teacher_update_rate=0.5")
+    assert len(records) == STEPS
+    assert all(record["actor/grad_norm"] > 0 and abs(record["credit/baseline_mean"]) > 0 for record in records)
+    assert all(0 < record["credit/teacher/context_fraction"] <= 1 for record in records)
+    assert not any("credit/teacher_ema_max_change" in record for record in records)
