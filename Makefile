@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo demo-compare clean
+.PHONY: venv test lint demo demo-compare bench clean
 
 venv: $(STAMP)
 
@@ -17,12 +17,12 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m ruff check credit_plugin patches recipes tests
+	$(PY) -m ruff check bench credit_plugin patches recipes tests
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
-	$(PY) -m ruff check credit_plugin patches recipes tests
-	$(PY) -m ruff format --check credit_plugin patches recipes tests
+	$(PY) -m ruff check bench credit_plugin patches recipes tests
+	$(PY) -m ruff format --check bench credit_plugin patches recipes tests
 
 # CREDIT on the embedded tiny task through verl's main_ppo on CPU (about 5 minutes on 2 cores).
 demo: $(STAMP)
@@ -31,6 +31,11 @@ demo: $(STAMP)
 # CREDIT, SDPO and GRPO on the same recipe, then a side-by-side table.
 demo-compare: $(STAMP)
 	$(PY) recipes/tiny_cpu/demo.py --compare
+
+# What CREDIT costs over SDPO (rewards, teacher batch, teacher pass on verl's workers), as ratios measured
+# side by side in one run; writes runs/bench/results.json (about 5 minutes on 2 cores).
+bench: $(STAMP)
+	$(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
