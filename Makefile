@@ -33,7 +33,7 @@ demo-compare: $(STAMP)
 	$(PY) recipes/tiny_cpu/demo.py --compare
 
 # What CREDIT costs over SDPO (rewards, teacher batch, teacher pass on verl's workers), as ratios measured
-# side by side in one run; writes runs/bench/results.json (about 5 minutes on 2 cores).
+# side by side in one run; writes runs/bench/results.json (about 2 minutes on 2 cores).
 bench: $(STAMP)
 	$(PY) bench/run.py
 
