@@ -147,7 +147,15 @@ class CreditActorRolloutRefWorker(ActorRolloutRefWorker):
             raise ValueError(
                 "credit.teacher=trust_region needs full logits: set actor_rollout_ref.model.use_fused_kernels=false"
             )
-        coef = float(tu.pop(data, key="trust_region_coef"))
+        coef = tu.pop(data, key="trust_region_coef")
+        if coef is None:
+            raise ValueError("compute_trust_region_log_prob needs the non-tensor field trust_region_coef (tau)")
+        coef = float(coef)
+        if self.ref is None and not hasattr(engine.module, "disable_adapter"):
+            raise RuntimeError(
+                "the trust-region teacher needs a frozen model: a ref engine (role actor_rollout_ref) or a LoRA "
+                f"actor whose adapter can be disabled; this worker has role {self.role!r} and no adapter"
+            )
         if self.ref is not None:
             frozen_engine, frozen_mode = self.ref.engine, self.ref.engine.eval_mode()
 

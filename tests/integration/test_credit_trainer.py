@@ -275,6 +275,13 @@ def test_trust_region_teacher_mixes_frozen_and_current_logits(stack, model_dir, 
     assert metrics["credit/teacher_sanity_gap"] > 1e-3
 
 
+def test_trust_region_without_its_coefficient_is_a_clear_error(stack, tokenizer):
+    _, worker_group = stack
+    batch = build_log_prob_batch([_chat(tokenizer, QUESTIONS[0])], [tokenizer.encode(" Answer: 5")])
+    with pytest.raises(ray.exceptions.RayTaskError, match="trust_region_coef"):
+        worker_group.compute_trust_region_log_prob(batch)
+
+
 def test_teacher_weights_save_and_reload_into_the_ref_engine(stack, model_dir, tokenizer, tmp_path):
     """An EMA run resumes with its teacher: saved full weights load back into the sharded ref engine."""
     _, ref = stack
