@@ -113,10 +113,12 @@ def test_frozen_teacher_is_the_actor_without_its_adapter(actor, models, tokenize
     _assert_close(_rows(actor.compute_log_prob(batch), batch), _expected(base, prompts, responses))
 
 
-def test_trust_region_teacher_mixes_base_and_adapted_logits(actor, models, tokenizer):
+@pytest.mark.parametrize("remove_padding", [True, False], ids=["packed", "padded"])
+def test_trust_region_teacher_mixes_base_and_adapted_logits(actor, models, tokenizer, remove_padding):
+    """Both of verl's forward layouts (packed sequences, or a padded batch) give the mix at every position."""
     _, _, base, adapted = models
     prompts, responses, batch = _batch(tokenizer)
-    tu.assign_non_tensor(batch, trust_region_coef=TAU)
+    tu.assign_non_tensor(batch, trust_region_coef=TAU, use_remove_padding=remove_padding)
     got = _rows(actor.compute_trust_region_log_prob(batch), batch)
     _assert_close(got, _expected(base, prompts, responses, other=adapted, coef=TAU))
     # The adapter is active again afterwards: the actor's own scores are unchanged.
