@@ -107,7 +107,7 @@ class CreditTrainer(PPOTrainerSync):
     # ------------------------------------------------------------------ workers
 
     def _init_resource_pool_mgr(self):
-        """Use the EMA-capable worker, and give the actor worker a ref engine when the teacher needs one."""
+        """Use the plugin's worker (EMA and trust-region methods), with a ref engine when the teacher needs one."""
         super()._init_resource_pool_mgr()
         roles = [role for role in (Role.ActorRolloutRef, Role.ActorRollout, Role.Actor) if role in self.mapping]
         role = roles[0]
