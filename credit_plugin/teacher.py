@@ -505,6 +505,23 @@ def _assemble(
     )
 
 
+def fit_token_budget(data: TensorDict, max_token_len_per_gpu: int | None) -> TensorDict:
+    """Raise the worker's per-micro-batch token budget (dynamic batch size) to fit the longest row of ``data``.
+
+    Reprompts make teacher rows longer than the rollout's, and verl refuses a row over the budget.
+
+    Args:
+        data: a no-padding batch (jagged ``input_ids``), changed in place.
+        max_token_len_per_gpu: the engine's configured ``log_prob_max_token_len_per_gpu`` (None: unset).
+
+    Returns:
+        ``data``, with the non-tensor ``max_token_len_per_gpu`` set.
+    """
+    longest = int(data["input_ids"].offsets().diff().max())
+    tu.assign_non_tensor(data, max_token_len_per_gpu=max(int(max_token_len_per_gpu or 0), longest))
+    return data
+
+
 def split_teacher_log_probs(
     log_probs: torch.Tensor, batch: TeacherBatch, width: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,7 +43,7 @@ from credit_plugin.estimators import TEACHER_BATCH_KEYS
 from credit_plugin.negatives import negatives_generator
 from credit_plugin.registration import assert_registered
 from credit_plugin.rewards import contrastive_baseline, sdpo_token_rewards
-from credit_plugin.teacher import TeacherBatch, build_teacher_batch, split_teacher_log_probs
+from credit_plugin.teacher import TeacherBatch, build_teacher_batch, fit_token_budget, split_teacher_log_probs
 from credit_plugin.workers import CreditActorRolloutRefWorker
 
 ESTIMATORS = ("credit", "sdpo")
@@ -207,9 +207,7 @@ class CreditTrainer(PPOTrainerSync):
         engine = self._teacher_engine()
         section = engine.section
         if section.log_prob_use_dynamic_bsz:
-            longest = int(teacher.data["input_ids"].offsets().diff().max())
-            budget = max(int(section.log_prob_max_token_len_per_gpu or 0), longest)
-            tu.assign_non_tensor(teacher.data, max_token_len_per_gpu=budget)
+            fit_token_budget(teacher.data, section.log_prob_max_token_len_per_gpu)
         tu.assign_non_tensor(teacher.data, **engine.metadata)
         output = engine.call(teacher.data)
         if len(output) != teacher.num_rows:

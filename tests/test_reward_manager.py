@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import qwen_tokenizer_dir
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 from tensordict import TensorDict
@@ -27,6 +26,7 @@ from verl.trainer.ppo.reward import load_reward_manager, resolve_reward_manager_
 
 import credit_plugin.reward_manager
 from credit_plugin.reward_manager import CreditRewardManager
+from credit_plugin.tiny.model import qwen_tokenizer_dir
 
 ADD_TESTS = json.dumps({"inputs": ["1 2\n", "5 5\n"], "outputs": ["3\n", "10\n"]})
 QUESTION = [{"role": "user", "content": "Read two integers and print their sum."}]

@@ -13,6 +13,7 @@ from verl.workers.utils.padding import no_padding_2_padding, response_from_neste
 from credit_plugin.config import CreditConfig
 from credit_plugin.teacher import (
     build_teacher_batch,
+    fit_token_budget,
     remove_thinking,
     select_demonstrations,
     split_teacher_log_probs,
@@ -204,6 +205,16 @@ def test_sdpo_scores_no_negatives(tokenizer):
     log_probs = torch.nested.as_nested_tensor([torch.zeros(n) for n in lengths], layout=torch.jagged)
     teacher, contrast = split_teacher_log_probs(log_probs, batch)
     assert teacher.shape == (2, batch.response_mask.shape[1]) and contrast.shape == (2, 0, teacher.shape[1])
+
+
+@pytest.mark.parametrize("configured", [None, 1, 10_000])
+def test_token_budget_fits_the_longest_teacher_row(tokenizer, configured):
+    batch = build_teacher_batch(
+        **make_batch(tokenizer, ["a", "a"], [1.0, 0.0], None, config=CreditConfig(contrast_coef=0.0))
+    )
+    longest = max(batch.data["input_ids"].offsets().diff().tolist())
+    assert fit_token_budget(batch.data, configured) is batch.data
+    assert tu.get(batch.data, key="max_token_len_per_gpu") == max(configured or 0, longest)
 
 
 # --- feedback options -----------------------------------------------------------------------------------

@@ -190,7 +190,8 @@ class TaskVocabularyHead(torch.nn.Module):
         return torch.nn.functional.cross_entropy(logits, self.local[labels])
 
 
-def _model_config(tokenizer: transformers.PreTrainedTokenizerBase, spec: TinyModelSpec) -> transformers.Qwen2Config:
+def tiny_model_config(tokenizer: transformers.PreTrainedTokenizerBase, spec: TinyModelSpec) -> transformers.Qwen2Config:
+    """The tiny Qwen2 of ``spec`` over the tokenizer's full vocabulary (tied embeddings, sdpa, float32)."""
     return transformers.Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,
@@ -278,7 +279,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, spec: TinyModelSpec | N
     torch.set_num_threads(1)
     try:
         torch.manual_seed(seed)
-        model = transformers.Qwen2ForCausalLM(_model_config(tokenizer, spec))
+        model = transformers.Qwen2ForCausalLM(tiny_model_config(tokenizer, spec))
         start = time.perf_counter()
         losses = pretrain(model, tokenizer, spec, seed)
         seconds = time.perf_counter() - start
