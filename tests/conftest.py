@@ -57,6 +57,22 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     return directory
 
 
+def load_model(model_dir) -> transformers.PreTrainedModel:
+    """A saved model in float32, eval mode, as the plain-transformers reference of the worker tests."""
+    return transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+def response_logits(model, context: list[int], response: list[int]) -> torch.Tensor:
+    """Shape (R, V), float64: the logits that predict each response token, by one plain forward."""
+    with torch.no_grad():
+        return model(torch.tensor([context + response])).logits[0, len(context) - 1 : -1].double()
+
+
+def label_log_probs(logits: torch.Tensor, response: list[int]) -> torch.Tensor:
+    """Shape (R,): ``log_softmax(logits)`` at each response token; ``logits`` shape (R, V)."""
+    return torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(response)[:, None])[:, 0]
+
+
 def response_log_probs(
     model, contexts: list[list[int]], responses: list[list[int]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,11 +84,7 @@ def response_log_probs(
     width = max(len(r) for r in responses)
     log_probs = torch.zeros(len(responses), width, dtype=torch.float64)
     mask = torch.zeros(len(responses), width)
-    with torch.no_grad():
-        for row, (context, response) in enumerate(zip(contexts, responses, strict=True)):
-            ids = torch.tensor([context + response])
-            logits = model(ids).logits[0, len(context) - 1 : -1].double()
-            token_lp = torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(response)[:, None])[:, 0]
-            log_probs[row, : len(response)] = token_lp
-            mask[row, : len(response)] = 1
+    for row, (context, response) in enumerate(zip(contexts, responses, strict=True)):
+        log_probs[row, : len(response)] = label_log_probs(response_logits(model, context, response), response)
+        mask[row, : len(response)] = 1
     return log_probs, mask

@@ -13,6 +13,7 @@ import ray
 import torch
 import transfer_queue as tq
 import transformers
+from conftest import label_log_probs, load_model, response_logits
 from safetensors.torch import load_file, save_file
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1.trainer_base import PPOTrainer
@@ -137,24 +138,10 @@ def _trainer(config, worker_group, tokenizer, teacher: str) -> CreditTrainer:
     return trainer
 
 
-def _load(model_dir) -> transformers.PreTrainedModel:
-    return transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-
-
 def _scaled(model: transformers.PreTrainedModel, factor: float) -> dict[str, torch.Tensor]:
     """A different model of the same shape (every weight times ``factor``), as a state dict of own copies."""
     with torch.no_grad():
         return {name: tensor.clone() * factor for name, tensor in model.state_dict().items()}
-
-
-def _logits(model, prompt_ids: list[int], response_ids: list[int]) -> torch.Tensor:
-    """Shape (R, V): the logits that predict each response token, float64."""
-    with torch.no_grad():
-        return model(torch.tensor([prompt_ids + response_ids])).logits[0, len(prompt_ids) - 1 : -1].double()
-
-
-def _label_log_probs(logits: torch.Tensor, response_ids: list[int]) -> torch.Tensor:
-    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(response_ids)[:, None])[:, 0]
 
 
 def _expected_advantages(
@@ -164,17 +151,17 @@ def _expected_advantages(
 
     ``teacher_logits(prompt_ids, response_ids)`` gives the teacher's (R, V) logits; by default the actor's own.
     """
-    model = _load(model_dir)
+    model = load_model(model_dir)
     negatives = sample_negatives(uids, K, negatives_generator(SEED, STEP))
-    teacher_logits = teacher_logits or (lambda prompt, response: _logits(model, prompt, response))
+    teacher_logits = teacher_logits or (lambda prompt, response: response_logits(model, prompt, response))
 
     def response_log_probs(prompt_ids: list[int], response_ids: list[int]) -> torch.Tensor:
-        return _label_log_probs(teacher_logits(prompt_ids, response_ids), response_ids)
+        return label_log_probs(teacher_logits(prompt_ids, response_ids), response_ids)
 
     expected = []
     for index, (group, text, _, feedback) in enumerate(SAMPLES):
         response = tokenizer.encode(text) + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
-        student = _label_log_probs(_logits(model, _chat(tokenizer, QUESTIONS[group]), response), response)
+        student = label_log_probs(response_logits(model, _chat(tokenizer, QUESTIONS[group]), response), response)
         solution = "Answer: 5" if index == 1 else None  # the only success, never its own demonstration
         use_feedback = bool(feedback) and solution is None
         if solution is None and not use_feedback:
@@ -246,8 +233,8 @@ def test_trust_region_teacher_mixes_frozen_and_current_logits(stack, model_dir, 
     """``trust_region``: ``log_softmax((1 - tau) * z_frozen + tau * z_current)``, with a frozen model that differs
     from the actor (loaded into the ref engine), all 1+K variants in one call of the worker's own method."""
     config, worker_group = stack
-    actor = _load(model_dir)
-    frozen = _load(model_dir)
+    actor = load_model(model_dir)
+    frozen = load_model(model_dir)
     frozen_weights = _scaled(actor, 1.3)
     frozen.load_state_dict(frozen_weights)
     (tmp_path / "frozen").mkdir()
@@ -267,7 +254,7 @@ def test_trust_region_teacher_mixes_frozen_and_current_logits(stack, model_dir, 
     assert calls == [(1 + K) * len(SAMPLES)], "all 1+K variants of every sample in one worker call"
 
     def mixed(prompt, response):
-        return torch.lerp(_logits(frozen, prompt, response), _logits(actor, prompt, response), TAU)
+        return torch.lerp(response_logits(frozen, prompt, response), response_logits(actor, prompt, response), TAU)
 
     uids = np.array([f"trust-{group}" for group, *_ in SAMPLES], dtype=object)
     _assert_rows_close(advantages, _expected_advantages(model_dir, tokenizer, trainer.credit, uids, mixed))
@@ -287,15 +274,13 @@ def test_teacher_weights_save_and_reload_into_the_ref_engine(stack, model_dir, t
     _, ref = stack
     ref.save_teacher(str(tmp_path / "saved"))
     saved = load_file(tmp_path / "saved/model.safetensors")
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = load_model(model_dir)
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(saved[name], tensor, rtol=0, atol=0)
 
-    with torch.no_grad():
-        for param in model.parameters():
-            param.mul_(1.5)
+    moved = _scaled(model, 1.5)
+    model.load_state_dict(moved)
     (tmp_path / "moved").mkdir()
-    moved = {name: tensor.clone() for name, tensor in model.state_dict().items()}  # tied weights: own copies
     save_file(moved, tmp_path / "moved/model.safetensors")
     prompt, response = _chat(tokenizer, QUESTIONS[0]), tokenizer.encode(" Answer: 5")
     try:
@@ -304,7 +289,5 @@ def test_teacher_weights_save_and_reload_into_the_ref_engine(stack, model_dir, t
     finally:
         ref.load_teacher(str(tmp_path / "saved"))
     got = response_from_nested(out["log_probs"], build_log_prob_batch([prompt], [response])["response_mask"])[0]
-    with torch.no_grad():
-        logits = model(torch.tensor([prompt + response])).logits[0, len(prompt) - 1 : -1].double()
-    want = torch.log_softmax(logits, -1).gather(-1, torch.tensor(response)[:, None])[:, 0]
+    want = label_log_probs(response_logits(model, prompt, response), response)
     torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-4)

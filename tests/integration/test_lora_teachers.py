@@ -10,7 +10,7 @@ import peft
 import pytest
 import ray
 import torch
-import transformers
+from conftest import label_log_probs, load_model, response_logits
 from verl.utils import tensordict_utils as tu
 from verl.workers.utils.padding import response_from_nested
 
@@ -23,16 +23,12 @@ TAU = 0.4
 RANK = 4
 
 
-def _load(model_dir) -> transformers.PreTrainedModel:
-    return transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tiny_model_dir):
     """(base model dir, adapter dir, base model, adapted model): the adapter's B matrices are random, so the
     adapted model differs from the base (a fresh adapter would be the identity)."""
     config = peft.LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules="all-linear", task_type="CAUSAL_LM")
-    adapted = peft.get_peft_model(_load(tiny_model_dir), config)
+    adapted = peft.get_peft_model(load_model(tiny_model_dir), config)
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for name, param in adapted.named_parameters():
@@ -40,7 +36,7 @@ def models(tmp_path_factory, tiny_model_dir):
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
     adapter_dir = tmp_path_factory.mktemp("lora_adapter")
     adapted.save_pretrained(adapter_dir)
-    return tiny_model_dir, adapter_dir, _load(tiny_model_dir), adapted.eval()
+    return tiny_model_dir, adapter_dir, load_model(tiny_model_dir), adapted.eval()
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +74,11 @@ def _batch(tokenizer):
 def _expected(model, prompts, responses, other=None, coef: float = 0.0) -> list[torch.Tensor]:
     """Label log-probs of ``model``, or of the logit mix ``lerp(z_model, z_other, coef)``."""
     rows = []
-    with torch.no_grad():
-        for prompt, response in zip(prompts, responses, strict=True):
-            ids = torch.tensor([prompt + response])
-            logits = model(ids).logits[0, len(prompt) - 1 : -1].double()
-            if other is not None:
-                logits = torch.lerp(logits, other(ids).logits[0, len(prompt) - 1 : -1].double(), coef)
-            rows.append(torch.log_softmax(logits, -1).gather(-1, torch.tensor(response)[:, None])[:, 0])
+    for prompt, response in zip(prompts, responses, strict=True):
+        logits = response_logits(model, prompt, response)
+        if other is not None:
+            logits = torch.lerp(logits, response_logits(other, prompt, response), coef)
+        rows.append(label_log_probs(logits, response))
     return rows
 
 
