@@ -305,8 +305,6 @@ def self_distillation_loss(
     Returns:
         scalar, with gradient wrt ``student_logits`` only.
     """
-    if loss_agg_mode not in LOSS_AGG_MODES:
-        raise ValueError(f"loss_agg_mode must be one of {LOSS_AGG_MODES}, got {loss_agg_mode!r}")
     per_token = per_token_distillation_loss(
         student_logits,
         teacher,
