@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from credit_plugin.rewards import AGGREGATES
+from credit_plugin.rewards import AGGREGATES, CENTERINGS, CONTRAST_FORMS
 
 CONFIG_DIR = str(Path(__file__).parent / "conf")
 """Hydra ``--config-path`` holding ``credit_trainer.yaml`` (composes over verl's ``ppo_trainer``)."""
@@ -30,6 +30,8 @@ class CreditConfig:
     """
 
     contrast_coef: float = 1.0
+    contrast_form: str = "reward"
+    contrast_centering: str = "none"
     num_negatives: int = 1
     negative_aggregate: str = "mean"
     negative_seed: int = 0
@@ -55,6 +57,8 @@ class CreditConfig:
 
     def __post_init__(self) -> None:
         self._check_choice("negative_aggregate", AGGREGATES)
+        self._check_choice("contrast_form", CONTRAST_FORMS)
+        self._check_choice("contrast_centering", CENTERINGS)
         self._check_choice("granularity", GRANULARITIES)
         self._check_choice("teacher", TEACHERS)
         self._check_choice("reprompt_truncation", TRUNCATION_SIDES)

@@ -9,6 +9,8 @@ trainer (``credit_plugin.trainer``) writes into the batch under the names of :da
 - ``teacher_log_probs``: (bs, response_length), ``log pi_ref(y_t | reprompt(x_i, z_i), y_<t)``;
 - ``contrast_log_probs``: (bs, K, response_length), the same with the prompts of K other groups
   (absent when ``contrast_coef == 0``);
+- ``student_contrast_log_probs``: (bs, K, response_length), ``log pi_theta(y_t | x'_k, y_<t)`` under the same
+  K prompts without feedback (only for ``contrast_form: pmi``);
 - ``old_log_probs``: (bs, response_length), ``log pi_theta(y_t | x_i, y_<t)`` (verl's own field);
 - ``self_distillation_mask``: (bs,), 0 for samples without teacher context.
 
@@ -32,7 +34,13 @@ from verl.trainer.ppo import core_algos
 from credit_plugin.config import CreditConfig
 from credit_plugin.rewards import credit_token_rewards, mix_outcome_advantages
 
-TEACHER_BATCH_KEYS = ("teacher_log_probs", "contrast_log_probs", "old_log_probs", "self_distillation_mask")
+TEACHER_BATCH_KEYS = (
+    "teacher_log_probs",
+    "contrast_log_probs",
+    "student_contrast_log_probs",
+    "old_log_probs",
+    "self_distillation_mask",
+)
 
 
 def resolve_credit_config(config: Any) -> CreditConfig:
@@ -55,6 +63,7 @@ def _distillation_advantages(
     old_log_probs: torch.Tensor | None,
     self_distillation_mask: torch.Tensor | None,
     estimator: str,
+    student_contrast_log_probs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     missing = [
         name
@@ -63,6 +72,8 @@ def _distillation_advantages(
     ]
     if contrast_log_probs is None and not credit.is_sdpo:
         missing.append("contrast_log_probs")
+    if student_contrast_log_probs is None and credit.contrast_form == "pmi" and not credit.is_sdpo:
+        missing.append("student_contrast_log_probs")
     if missing:
         raise ValueError(
             f"adv_estimator={estimator!r} needs the teacher pass's batch fields {missing}; run it with the CREDIT "
@@ -83,6 +94,9 @@ def _distillation_advantages(
         response_mask=mask,
         contrast_coef=credit.contrast_coef,
         aggregate=credit.negative_aggregate,
+        form=credit.contrast_form,
+        student_contrast_log_probs=student_contrast_log_probs,
+        centering=credit.contrast_centering,
     )
     if credit.outcome_mix > 0:
         if index is None:
@@ -114,9 +128,10 @@ def compute_credit_advantage(
     contrast_log_probs: torch.Tensor | None = None,
     old_log_probs: torch.Tensor | None = None,
     self_distillation_mask: torch.Tensor | None = None,
+    student_contrast_log_probs: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """CREDIT token advantages: ``log pi_ref(y_t|x,z) - lambda * g_t - log pi_theta(y_t|x)``.
+    """CREDIT token advantages: the SDPO reward minus lambda times the contrast term of ``credit.contrast_form``.
 
     Args:
         token_level_rewards: `(torch.Tensor)` shape (bs, response_length); the outcome reward, used only
@@ -128,6 +143,7 @@ def compute_credit_advantage(
         contrast_log_probs: shape (bs, K, response_length).
         old_log_probs: shape (bs, response_length).
         self_distillation_mask: shape (bs,).
+        student_contrast_log_probs: shape (bs, K, response_length); ``contrast_form: pmi`` only.
 
     Returns:
         advantages, returns: both shape (bs, response_length), zero outside ``response_mask`` and on rows
@@ -143,6 +159,7 @@ def compute_credit_advantage(
         old_log_probs,
         self_distillation_mask,
         "credit",
+        student_contrast_log_probs,
     )
 
 

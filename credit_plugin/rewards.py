@@ -4,9 +4,21 @@ Notation (see ``docs/method.md``): ``B`` responses, ``T`` response tokens, ``K``
 All inputs are log-probabilities of the *sampled* response tokens ``y_t``; all rewards are
 computed without gradient and are zero where ``response_mask`` is zero.
 
-- SDPO:   ``r_sdpo[i,t]   = log pi_ref(y_t | x_i, z_i) - log pi_theta(y_t | x_i)``
-- CREDIT: ``r_credit[i,t] = log pi_ref(y_t | x_i, z_i) - lambda * g[i,t] - log pi_theta(y_t | x_i)``
-  with the contrastive baseline ``g[i,t] = agg_k log pi_ref(y_t | x_{sigma_k(i)}, z_i)``.
+With ``T = log pi_ref(y_t | x_i, z_i)``, ``S = log pi_theta(y_t | x_i)``, the contrastive baseline
+``g = agg_k log pi_ref(y_t | x_{sigma_k(i)}, z_i)`` (same response and feedback, prompts of other groups) and
+``S' = agg_k log pi_theta(y_t | x_{sigma_k(i)})``:
+
+- SDPO:   ``r_sdpo = T - S``
+- CREDIT, by ``contrast_form`` (all equal SDPO at lambda = 0):
+
+  - ``reward`` (default): ``(T - S) - lambda * (g - S)``, SDPO's reward minus lambda times the same reward
+    with the prompt swapped: a token the teacher scores alike under every prompt gets 0 at lambda = 1;
+  - ``logprob``: ``T - lambda * g - S``, the baseline as a raw log-prob; on prompt-agnostic tokens at lambda = 1
+    it is ``-S``, an entropy bonus (measured to collapse the policy, ``docs/method.md``);
+  - ``pmi``: ``(T - S) - lambda * (g - S')``, the full contrastive pMI (needs the student's scores under the
+    swapped prompts).
+- ``contrast_centering=batch`` subtracts the batch mean of the contrast term over scored tokens, so that it
+  moves credit between tokens and responses without shifting every advantage by the same amount.
 """
 
 from __future__ import annotations
@@ -16,6 +28,8 @@ import math
 import torch
 
 AGGREGATES = ("mean", "logmeanexp")
+CONTRAST_FORMS = ("reward", "logprob", "pmi")
+CENTERINGS = ("none", "batch")
 
 
 def _check_finite(name: str, values: torch.Tensor, mask: torch.Tensor) -> None:
@@ -91,11 +105,58 @@ def contrastive_baseline(
     mask = response_mask.bool()
     _check_finite("contrast_log_probs", contrast_log_probs, mask.unsqueeze(1))
     safe = torch.where(mask.unsqueeze(1), contrast_log_probs, torch.zeros_like(contrast_log_probs))
-    if aggregate == "mean":
-        baseline = safe.mean(dim=1)
-    else:
-        baseline = torch.logsumexp(safe, dim=1) - math.log(safe.shape[1])
+    baseline = _aggregate_negatives(safe, aggregate)
     return torch.where(mask, baseline, torch.zeros_like(baseline))
+
+
+def _aggregate_negatives(values: torch.Tensor, aggregate: str) -> torch.Tensor:
+    """shape (B, K, T) -> (B, T): ``mean`` over k, or ``logmeanexp`` (log of the mean probability)."""
+    if aggregate == "mean":
+        return values.mean(dim=1)
+    return torch.logsumexp(values, dim=1) - math.log(values.shape[1])
+
+
+@torch.no_grad()
+def contrast_term(
+    baseline: torch.Tensor,
+    student_log_probs: torch.Tensor,
+    response_mask: torch.Tensor,
+    form: str = "reward",
+    student_baseline: torch.Tensor | None = None,
+    centering: str = "none",
+) -> torch.Tensor:
+    """What CREDIT subtracts from the SDPO reward, before the weight lambda.
+
+    Args:
+        baseline: shape (B, T), ``g`` from :func:`contrastive_baseline`.
+        student_log_probs: shape (B, T), ``S = log pi_theta(y_t | x_i)``.
+        response_mask: shape (B, T).
+        form: ``reward`` -> ``g - S``; ``logprob`` -> ``g``; ``pmi`` -> ``g - S'``.
+        student_baseline: shape (B, T), ``S'`` (aggregated like ``g``); required for ``pmi`` only.
+        centering: ``none``, or ``batch`` to subtract the term's mean over all unmasked tokens.
+
+    Returns:
+        shape (B, T), zero where the mask is zero.
+    """
+    if form not in CONTRAST_FORMS:
+        raise ValueError(f"contrast_form must be one of {CONTRAST_FORMS}, got {form!r}")
+    if centering not in CENTERINGS:
+        raise ValueError(f"contrast_centering must be one of {CENTERINGS}, got {centering!r}")
+    mask = response_mask.bool()
+    if form == "logprob":
+        term = baseline
+    elif form == "reward":
+        term = baseline - student_log_probs
+    else:
+        if student_baseline is None:
+            raise ValueError("contrast_form='pmi' needs the student's log-probs under the swapped prompts")
+        _check_same_shape(response_mask, student_contrast_baseline=student_baseline)
+        _check_finite("student contrast log-probs", student_baseline, mask)
+        term = baseline - student_baseline
+    term = torch.where(mask, term, torch.zeros_like(term))
+    if centering == "batch" and mask.any():
+        term = torch.where(mask, term - term[mask].mean(), term)
+    return term
 
 
 @torch.no_grad()
@@ -106,8 +167,11 @@ def credit_token_rewards(
     response_mask: torch.Tensor,
     contrast_coef: float = 1.0,
     aggregate: str = "mean",
+    form: str = "reward",
+    student_contrast_log_probs: torch.Tensor | None = None,
+    centering: str = "none",
 ) -> torch.Tensor:
-    """CREDIT's reward: the SDPO reward minus ``lambda`` times the contrastive baseline.
+    """CREDIT's reward: the SDPO reward minus ``lambda`` times the contrast term of ``form``.
 
     Args:
         teacher_log_probs: shape (B, T). ``log pi_ref(y_t | x_i, z_i)``.
@@ -116,6 +180,9 @@ def credit_token_rewards(
         response_mask: shape (B, T).
         contrast_coef: lambda >= 0; 0 gives SDPO exactly.
         aggregate: see :func:`contrastive_baseline`.
+        form: ``reward`` | ``logprob`` | ``pmi``, see :func:`contrast_term`.
+        student_contrast_log_probs: shape (B, K, T), ``log pi_theta(y_t | x_{sigma_k(i)})``; ``pmi`` only.
+        centering: ``none`` | ``batch``, see :func:`contrast_term`.
 
     Returns:
         shape (B, T), zero where the mask is zero.
@@ -126,7 +193,11 @@ def credit_token_rewards(
     if contrast_coef == 0:
         return rewards
     baseline = contrastive_baseline(contrast_log_probs, response_mask, aggregate)
-    return rewards - contrast_coef * baseline
+    student_baseline = None
+    if form == "pmi" and student_contrast_log_probs is not None:
+        student_baseline = contrastive_baseline(student_contrast_log_probs, response_mask, aggregate)
+    term = contrast_term(baseline, student_log_probs, response_mask, form, student_baseline, centering)
+    return rewards - contrast_coef * term
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ estimator through verl's ``compute_advantage``. Which call scores the teacher (:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,12 +40,15 @@ from verl.utils.debug import marked_timer
 from verl.workers.utils.padding import response_to_nested
 
 from credit_plugin.config import CreditConfig
+from credit_plugin.diagnostics import AdvantageDriftWatch, token_advantage_stats
 from credit_plugin.estimators import TEACHER_BATCH_KEYS
 from credit_plugin.negatives import negatives_generator
 from credit_plugin.registration import assert_registered
 from credit_plugin.rewards import contrastive_baseline, sdpo_token_rewards
 from credit_plugin.teacher import TeacherBatch, build_teacher_batch, fit_token_budget, split_teacher_log_probs
 from credit_plugin.workers import CreditActorRolloutRefWorker
+
+logger = logging.getLogger(__name__)
 
 ESTIMATORS = ("credit", "sdpo")
 # Teachers that need the frozen (ref) model next to the actor; ``current`` is the actor itself.
@@ -98,6 +102,12 @@ class CreditTrainer(PPOTrainerSync):
             raise ValueError(f"trainer_mode=credit needs algorithm.adv_estimator in {ESTIMATORS}, got {estimator!r}")
         if self.credit.granularity != "token":
             raise NotImplementedError("credit.granularity=logit is not wired into the trainer yet; use token")
+        if self.credit.contrast_form == "pmi" and not self.credit.is_sdpo:
+            raise NotImplementedError(
+                "credit.contrast_form=pmi needs the student's scores under the swapped prompts, which the teacher "
+                "pass does not compute yet; use credit.contrast_form=reward (or logprob)"
+            )
+        self.advantage_watch = AdvantageDriftWatch()
         # The base class compares the mode with "sync" in several places (replay buffer, dataloader,
         # checkpoints): registered under another name it would silently get async semantics.
         with open_dict(config):
@@ -267,12 +277,24 @@ class CreditTrainer(PPOTrainerSync):
                 metrics["credit/baseline_mean"] = baseline.sum(-1)[context].mean().item()
                 contrast_gap = (b["teacher_log_probs"] - b["contrast_log_probs"].mean(1)) * mask
                 metrics["credit/contrast_gap_mean"] = contrast_gap.sum(-1)[context].mean().item()
+                metrics["credit/baseline_token_mean"] = (baseline.sum() / mask.sum()).item()
         # Rows without context were scored under their original prompt: a ``current`` teacher must
         # reproduce ``old_log_probs`` there (a check of the layout); other teachers show their drift.
         plain = (~context) & (b["response_mask"].sum(-1) > 0) & is_real
         if plain.any():
             gap = ((b["teacher_log_probs"] - b["old_log_probs"]).abs() * b["response_mask"])[plain]
             metrics["credit/teacher_sanity_gap"] = (gap.sum() / b["response_mask"][plain].sum()).item()
+
+    def _advantage_metrics(self, data: DataProto, metrics: dict) -> None:
+        """Signals that show a collapse early: the token advantages' mean and positive fraction over scored
+        tokens, and a warning when the mean stays far from zero (see :class:`AdvantageDriftWatch`)."""
+        mask = data.batch["response_mask"] * data.batch["self_distillation_mask"][:, None]
+        stats = token_advantage_stats(data.batch["advantages"], mask)
+        metrics.update(stats)
+        warning = self.advantage_watch.update(stats.get("credit/advantage/token_mean"), self.global_steps)
+        if warning:
+            logger.warning(warning)
+            print(f"WARNING: {warning}", flush=True)
 
     # ------------------------------------------------------------- advantages
 
@@ -325,6 +347,8 @@ class CreditTrainer(PPOTrainerSync):
             norm_adv_by_std_in_grpo=self.config.algorithm.get("norm_adv_by_std_in_grpo", True),
             config=self.credit,
         )
+
+        self._advantage_metrics(data, metrics)
 
         fields = ["advantages", "returns"]
         if self.config.algorithm.use_kl_in_reward:

@@ -6,7 +6,13 @@ import pytest
 import torch
 from conftest import response_log_probs
 
-from credit_plugin.rewards import contrastive_baseline, credit_token_rewards, sdpo_token_rewards
+from credit_plugin.rewards import (
+    CONTRAST_FORMS,
+    contrast_term,
+    contrastive_baseline,
+    credit_token_rewards,
+    sdpo_token_rewards,
+)
 
 PROMPTS = ["What is 2 + 3?", "Reverse the string 'abc'.", "Name a prime above 10."]
 FEEDBACK = "The following is feedback from your unsuccessful earlier attempt: wrong answer, expected 5."
@@ -67,27 +73,72 @@ def test_lambda_zero_is_sdpo_exactly(scored):
     assert torch.equal(credit, sdpo)
 
 
-def test_credit_subtracts_lambda_times_baseline(scored):
-    credit = credit_token_rewards(scored["teacher"], scored["contrast"], scored["student"], scored["mask"], 0.5)
-    expected = (scored["teacher"] - 0.5 * scored["contrast"][:, 0] - scored["student"]) * scored["mask"]
-    torch.testing.assert_close(credit, expected, rtol=0, atol=1e-12)
+@pytest.mark.parametrize("form", CONTRAST_FORMS)
+def test_every_form_is_sdpo_at_lambda_zero(scored, form):
+    sdpo = sdpo_token_rewards(scored["teacher"], scored["student"], scored["mask"])
+    args = (scored["teacher"], scored["contrast"], scored["student"], scored["mask"], 0.0)
+    assert torch.equal(credit_token_rewards(*args, form=form, student_contrast_log_probs=scored["contrast"]), sdpo)
 
 
-def test_prompt_ignoring_teacher_cancels_to_negative_student_log_prob(tokenizer, tiny_model, scored):
-    """A teacher that sees only the feedback scores identically under every prompt; lambda=1 cancels it."""
+def test_each_form_subtracts_lambda_times_its_contrast_term(scored):
+    teacher, contrast, student, mask = scored["teacher"], scored["contrast"], scored["student"], scored["mask"]
+    g = contrast[:, 0]
+    student_swapped = student.flip(0)[:, None]
+    expected = {
+        "logprob": teacher - 0.5 * g - student,
+        "reward": (teacher - student) - 0.5 * (g - student),
+        "pmi": (teacher - student) - 0.5 * (g - student_swapped[:, 0]),
+    }
+    for form, value in expected.items():
+        credit = credit_token_rewards(
+            teacher, contrast, student, mask, 0.5, form=form, student_contrast_log_probs=student_swapped
+        )
+        torch.testing.assert_close(credit, value * mask, rtol=0, atol=1e-12, msg=form)
+
+
+@pytest.mark.parametrize(("form", "cancels_to_minus_student"), [("logprob", True), ("reward", False), ("pmi", False)])
+def test_prompt_ignoring_teacher_at_lambda_one(tokenizer, tiny_model, scored, form, cancels_to_minus_student):
+    """A teacher that sees only the feedback scores identically under every prompt: at lambda = 1 the logprob
+    form leaves ``-log pi_theta`` (an entropy bonus), the reward and pmi forms leave 0 (the student ignoring the
+    prompt as well, for pmi)."""
     responses = scored["responses"]
     feedback_only = [_chat(tokenizer, FEEDBACK)] * len(responses)
     teacher, mask = response_log_probs(tiny_model, feedback_only, responses)
     contrast, _ = response_log_probs(tiny_model, feedback_only[::-1], responses)
-    credit = credit_token_rewards(teacher, contrast[:, None], scored["student"], mask, contrast_coef=1.0)
-    torch.testing.assert_close(credit, -scored["student"] * mask, rtol=0, atol=1e-10)
+    student = scored["student"]
+    credit = credit_token_rewards(
+        teacher, contrast[:, None], student, mask, 1.0, form=form, student_contrast_log_probs=student[:, None]
+    )
+    expected = -student * mask if cancels_to_minus_student else torch.zeros_like(student)
+    torch.testing.assert_close(credit, expected, rtol=0, atol=1e-10)
+
+
+def test_batch_centering_makes_the_contrast_term_zero_mean_and_keeps_differences(scored):
+    teacher, contrast, student, mask = scored["teacher"], scored["contrast"], scored["student"], scored["mask"]
+    mask = mask.clone()
+    mask[0, -2:] = 0
+    baseline = contrastive_baseline(contrast, mask)
+    plain = contrast_term(baseline, student, mask, "reward")
+    centred = contrast_term(baseline, student, mask, "reward", centering="batch")
+    on = mask.bool()
+    assert abs(float(plain[on].mean())) > 1e-3
+    assert abs(float(centred[on].mean())) < 1e-10
+    torch.testing.assert_close(centred[on] - plain[on], torch.full_like(plain[on], -float(plain[on].mean())))
+    assert torch.all(centred[~on] == 0)
+    credit = credit_token_rewards(teacher, contrast, student, mask, 0.5, centering="batch")
+    torch.testing.assert_close(credit, sdpo_token_rewards(teacher, student, mask) - 0.5 * centred)
+
+
+def test_pmi_form_needs_the_student_contrast_scores(scored):
+    with pytest.raises(ValueError, match="contrast_form='pmi' needs the student"):
+        credit_token_rewards(scored["teacher"], scored["contrast"], scored["student"], scored["mask"], 1.0, form="pmi")
 
 
 def test_masked_positions_are_zero(scored):
     mask = scored["mask"].clone()
     mask[:, 0] = 0
     noisy_student = scored["student"].masked_fill(scored["mask"] == 0, 123.0)
-    credit = credit_token_rewards(scored["teacher"], scored["contrast"], noisy_student, mask, 1.0)
+    credit = credit_token_rewards(scored["teacher"], scored["contrast"], noisy_student, mask, 1.0, form="logprob")
     assert torch.all(credit[mask == 0] == 0)
     assert torch.all(credit[mask == 1] != 0)
 
@@ -134,3 +185,7 @@ def test_bad_options_are_named():
         credit_token_rewards(*args, contrast_coef=-1.0)
     with pytest.raises(ValueError, match="negative_aggregate"):
         credit_token_rewards(*args, aggregate="median")
+    with pytest.raises(ValueError, match="contrast_form"):
+        credit_token_rewards(*args, form="ratio")
+    with pytest.raises(ValueError, match="contrast_centering"):
+        credit_token_rewards(*args, centering="row")

@@ -47,10 +47,11 @@ def _algorithm(**credit) -> OmegaConf:
     return OmegaConf.create({"adv_estimator": "credit", "gamma": 1.0, "lam": 1.0, "credit": credit})
 
 
-def _by_hand(data: DataProto, coef: float) -> torch.Tensor:
+def _by_hand(data: DataProto, coef: float, form: str = "reward") -> torch.Tensor:
     b = data.batch
     baseline = b["contrast_log_probs"].mean(dim=1)
-    reward = b["teacher_log_probs"] - coef * baseline - b["old_log_probs"]
+    subtracted = baseline if form == "logprob" else baseline - b["old_log_probs"]
+    reward = b["teacher_log_probs"] - b["old_log_probs"] - coef * subtracted
     return reward * b["response_mask"] * b["self_distillation_mask"][:, None]
 
 
@@ -60,10 +61,12 @@ def test_estimators_resolve_after_import():
     credit_plugin.assert_registered()
 
 
+@pytest.mark.parametrize("form", ["reward", "logprob"])
 @pytest.mark.parametrize("coef", [1.0, 0.3, 0.0])
-def test_verl_compute_advantage_gives_credit_rewards(coef):
-    data = ray_trainer.compute_advantage(_batch(), adv_estimator="credit", config=_algorithm(contrast_coef=coef))
-    torch.testing.assert_close(data.batch["advantages"], _by_hand(data, coef), rtol=0, atol=1e-6)
+def test_verl_compute_advantage_gives_credit_rewards(coef, form):
+    config = _algorithm(contrast_coef=coef, contrast_form=form)
+    data = ray_trainer.compute_advantage(_batch(), adv_estimator="credit", config=config)
+    torch.testing.assert_close(data.batch["advantages"], _by_hand(data, coef, form), rtol=0, atol=1e-6)
     torch.testing.assert_close(data.batch["returns"], data.batch["advantages"])
     assert torch.all(data.batch["advantages"][2] == 0), "no teacher context -> no distillation signal"
 
@@ -78,7 +81,7 @@ def test_v1_trainer_path_and_positional_config():
 
 
 def test_logmeanexp_and_outcome_mix():
-    config = _algorithm(contrast_coef=1.0, negative_aggregate="logmeanexp", outcome_mix=0.25)
+    config = _algorithm(contrast_coef=1.0, negative_aggregate="logmeanexp", outcome_mix=0.25, contrast_form="logprob")
     data = ray_trainer.compute_advantage(_batch(), adv_estimator="credit", config=config)
     b = data.batch
     distill = b["teacher_log_probs"] - b["contrast_log_probs"].exp().mean(1).log() - b["old_log_probs"]
