@@ -8,6 +8,7 @@ data, seeds and budget.
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -165,3 +166,43 @@ def test_sweep_covers_lambda_by_k_and_each_point_validates(tmp_path):
     config = _compose(PAPER, "sciknoweval", [arg for arg in command if "=" in arg])
     validate(config)
     assert (config.credit.contrast_coef, config.credit.num_negatives) == (0.5, 4)
+
+
+# ------------------------------------------------------------------ scripts/gpu_smoke.sh
+
+
+@pytest.fixture(scope="module")
+def gpu_smoke():
+    spec = importlib.util.spec_from_file_location("gpu_smoke", REPO / "scripts" / "gpu_smoke.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_smoke_runs_compose_and_validate_for_one_gpu(gpu_smoke, tmp_path):
+    runs = gpu_smoke.commands(tmp_path / "model", tmp_path / "t.parquet", tmp_path / "v.parquet", tmp_path, 2, [])
+    assert list(runs) == ["grpo", "sdpo", "credit"]
+    for algo, command in runs.items():
+        assert command[command.index("--config-name") + 1] == "smoke"
+        config = _compose(PAPER, "smoke", command[command.index("smoke") + 1 :])
+        validate(config)
+        assert config.trainer.n_gpus_per_node * config.trainer.nnodes == 1
+        assert config.actor_rollout_ref.rollout.name == "vllm" and config.actor_rollout_ref.actor.strategy == "fsdp2"
+        assert config.trainer.total_training_steps == 2 and config.algorithm.adv_estimator == algo
+        assert config.actor_rollout_ref.model.path == str(tmp_path / "model")
+
+
+def test_gpu_smoke_summary_gives_step_time_ratios_and_teacher_share(gpu_smoke, tmp_path):
+    times = {"grpo": (30.0, 10.0, None), "sdpo": (35.0, 12.0, 3.0), "credit": (36.0, 13.2, 4.2)}
+    logs = {}
+    for algo, (first, last, teacher) in times.items():
+        records = [
+            {"timing_s/step": first},
+            {"timing_s/step": last, **({"timing_s/teacher": teacher} if teacher else {})},
+        ]
+        logs[algo] = tmp_path / f"{algo}.jsonl"
+        logs[algo].write_text("".join(json.dumps({"step": i + 1, "data": r}) + "\n" for i, r in enumerate(records)))
+    text = gpu_smoke.summary(logs)
+    assert "CREDIT/SDPO step time: 1.100" in text and "SDPO/GRPO step time: 1.200" in text
+    assert "sdpo: teacher pass 25.0% of the step" in text and "credit: teacher pass 31.8% of the step" in text
