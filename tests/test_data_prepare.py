@@ -229,3 +229,6 @@ def test_src_may_be_a_dataset_folder_loaded_with_datasets(tmp_path):
     assert len(rows) == 13 and rows[0]["answerKey"] == "B"
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_rows(str(tmp_path / "missing.jsonl"))
+    (tmp_path / "pretty.json").write_text(json.dumps({"rows": []}, indent=1))
+    with pytest.raises(ValueError, match=r"pretty.json:1: not one JSON object per line"):
+        load_rows(str(tmp_path / "pretty.json"))

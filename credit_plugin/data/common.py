@@ -101,13 +101,18 @@ def load_rows(src: str, split: str | None = None, config: str | None = None) -> 
 
             return pq.read_table(path).to_pylist()
         text = path.read_text(encoding="utf-8")
-        stripped = text.lstrip()
-        if stripped.startswith("["):
+        if text.lstrip().startswith("["):
             rows = json.loads(text)
         else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        if not all(isinstance(row, dict) for row in rows):
-            raise ValueError(f"--src {src}: expected JSON objects, one per row")
+            rows = []
+            for number, line in enumerate(text.splitlines(), start=1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except ValueError as exc:
+                        raise ValueError(f"--src {src}:{number}: not one JSON object per line ({exc})") from None
+        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+            raise ValueError(f"--src {src}: expected a JSON list of objects or one object per line")
         return rows
     import datasets
 
