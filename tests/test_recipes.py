@@ -105,7 +105,8 @@ def test_recipe_composes_validates_and_has_reference_settings(
     val = arr.rollout.val_kwargs
     assert (val.n, val.temperature, val.top_p, val.do_sample) == (16, 0.6, 0.95, True)
     assert arr.model.path == {"qwen3_8b": "Qwen/Qwen3-8B", "olmo3_7b_instruct": "allenai/Olmo-3-7B-Instruct"}[model]
-    assert config.trainer.total_training_steps == 7 and config.data.train_files == str(tmp_path / "train.parquet")
+    assert config.trainer.total_training_steps == 7
+    assert config.data.train_files == str(tmp_path.resolve() / "train.parquet"), "absolute: read in a Ray actor"
     assert config.reward.reward_manager.name == "credit"
 
     assert config.algorithm.adv_estimator == algo
