@@ -158,6 +158,20 @@ def test_compare_runs_three_algorithms_on_same_data_seed_and_budget(tmp_path):
     assert config.trainer.experiment_name == "toolalpaca-qwen3_8b-credit-s3"
 
 
+@pytest.mark.parametrize(
+    ("argv", "override"),
+    [
+        (["compare"], "credit.contrast_coef=0.5"),
+        (["sweep"], "credit.num_negatives=2"),
+        (["run", "--algo", "grpo"], "algo=sdpo"),
+    ],
+)
+def test_overrides_of_what_the_runs_vary_are_refused(argv, override, capsys):
+    with pytest.raises(SystemExit):
+        _runs([*argv, "--task", "sciknoweval", override])
+    assert f"remove ['{override}']" in capsys.readouterr().err
+
+
 def test_sweep_covers_lambda_by_k_and_each_point_validates(tmp_path):
     argv = ["sweep", "--task", "sciknoweval", "--model", "olmo3_7b_instruct", "--run-root", str(tmp_path)]
     runs = _runs([*argv, "--lambdas", "0", "0.5", "--ks", "1", "4"])

@@ -30,6 +30,12 @@ REPORT = CONFIG_DIR / "report.py"
 TASKS = ("sciknoweval", "toolalpaca", "livecodebench")
 ALGOS = ("grpo", "sdpo", "credit")
 MODELS = tuple(sorted(path.stem for path in (CONFIG_DIR / "llm").glob("*.yaml")))
+# Overrides a subcommand sets itself: passed after `--` they would silently turn SDPO into CREDIT or flatten a grid.
+VARIED = {
+    "run": ("algo=", "llm="),
+    "compare": ("algo=", "llm=", "credit.contrast_coef="),
+    "sweep": ("algo=", "llm=", "credit.contrast_coef=", "credit.num_negatives="),
+}
 
 
 def run_name(task: str, algo: str, model: str, seed: int, extra: str = "") -> str:
@@ -144,6 +150,10 @@ def main(argv: list[str] | None = None) -> None:
             sub.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4])
         sub.add_argument("overrides", nargs="*", help="extra Hydra overrides (after --)")
     args = parser.parse_args(argv)
+    varied = VARIED[args.command]
+    clashing = [override for override in args.overrides if override.lstrip("+~").startswith(varied)]
+    if clashing:
+        parser.error(f"{args.command} sets {[v.rstrip('=') for v in varied]} itself; remove {clashing}")
     args.data = args.data or Path("data") / args.task
     runs = plan(args)
     for argv_, env, _ in runs:
