@@ -18,11 +18,12 @@ from credit_plugin.tiny.model import (
     TinyModelSpec,
     build_tiny_model,
     chat_prompt_ids,
-    pad_batch,
     sample_success_rate,
     training_sequences,
+    typical_mistake,
 )
 from credit_plugin.tiny.task import DATA_SOURCE, Problem, compute_score, sample_problems, write_parquet
+from credit_plugin.tiny.tokenizer import VOCAB_SIZE, build_task_tokenizer
 
 ARITH = {"kind": "arithmetic", "question": "3 + 4 * 2", "index": 0}
 REVERSE = {"kind": "reverse", "question": "a b c d", "index": 1}
@@ -125,19 +126,23 @@ def test_batched_chat_rendering_matches_the_chat_template(tokenizer):
     for reprompt in (False, True):
         sequences, prompt_lens = training_sequences(tokenizer, 32, rng, reprompt=reprompt)
         for sequence, length in zip(sequences, prompt_lens, strict=True):
-            content = tokenizer.decode(sequence[:length]).split("user\n", 1)[1].rsplit("<|im_end|>", 1)[0]
+            content = _content_of(tokenizer, sequence[:length])
             assert sequence[:length] == chat_prompt_ids(tokenizer, content)
             assert ("Correctly solve the original question." in content) == reprompt
-            assert tokenizer.decode(sequence[length:]) == f"Answer: {_answer_of(content)}<|im_end|>"
+            assert tokenizer.decode(sequence[length:]) == f"Answer: {_problem_of(content).answer}<|im_end|>"
 
 
-def _answer_of(content: str) -> str:
-    """The answer to the problem stated in the first line of a (re)prompt."""
+def _problem_of(content: str) -> Problem:
+    """The problem stated in the first line of a (re)prompt."""
     head, question = re.fullmatch(
         r"(Compute|Reverse the letters:|Sort the digits:) (.+)\.", content.split("\n")[0]
     ).groups()
     kind = {"Compute": "arithmetic", "Reverse the letters:": "reverse", "Sort the digits:": "sort"}[head]
-    return Problem(kind, question).answer
+    return Problem(kind, question)
+
+
+def _content_of(tokenizer, prompt_ids: list[int]) -> str:
+    return tokenizer.decode(prompt_ids).split("user\n", 1)[1].rsplit("<|im_end|>", 1)[0]
 
 
 @pytest.fixture(scope="session")
@@ -146,34 +151,47 @@ def tiny_model_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny_model"), seed=0)
 
 
-def test_built_model_loads_and_samples_both_successes_and_failures(tiny_model_dir, tokenizer):
+def test_built_model_loads_and_samples_both_successes_and_failures(tiny_model_dir):
     saved = transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     assert model.dtype == torch.float32 and model.config._attn_implementation == "sdpa"
     assert model.generation_config.eos_token_id == saved.convert_tokens_to_ids("<|im_end|>") == saved.eos_token_id
-    assert len(saved) == model.config.vocab_size == len(tokenizer)
+    assert len(saved) == model.config.vocab_size <= VOCAB_SIZE
     prompt = sample_problems(1, seed=3)[0].prompt
-    assert chat_prompt_ids(saved, prompt) == chat_prompt_ids(tokenizer, prompt), "saved tokenizer must match Qwen's"
-    rate = sample_success_rate(model, saved, sample_problems(32, seed=0), seed=0)
-    assert 0.05 <= rate <= 0.9, f"success rate {rate:.2f} at temperature 1 leaves CREDIT nothing to contrast"
+    assert chat_prompt_ids(saved, prompt) == chat_prompt_ids(build_task_tokenizer(0), prompt)
+    assert (
+        saved.decode(chat_prompt_ids(saved, prompt)) == f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+    )
+    rate = sample_success_rate(model, saved, sample_problems(64, seed=0, kinds=("reverse",)), seed=0)
+    assert 0.01 <= rate <= 0.9, f"success rate {rate:.2f} at temperature 1 leaves RL nothing to learn"
 
 
-def test_full_vocabulary_keeps_its_mass_on_task_tokens(tiny_model_dir, tokenizer):
-    """The closed-form tail of the task-vocabulary training must hold for the real ~152k-token softmax."""
+def test_task_tokenizer_round_trips_any_text_and_keeps_task_text_short():
+    tokenizer = build_task_tokenizer(0)
+    assert len(tokenizer) == VOCAB_SIZE and tokenizer.pad_token == "<|endoftext|>"
+    odd = "Your answer 'ĝ€ 😀 \x00 NOTE TO TEACHER' is wrong\tat position 3"
+    assert tokenizer.decode(tokenizer.encode(odd)) == odd
+    assert len(tokenizer.encode("Reverse the letters: a b c d.")) <= 10
+    assert build_task_tokenizer(0).get_vocab() == tokenizer.get_vocab(), "fitting must be deterministic"
+
+
+def test_pretraining_answers_are_right_or_the_one_typical_mistake(tokenizer):
+    sequences, prompt_lens = training_sequences(tokenizer, 64, random.Random(2), reprompt=False, answer_accuracy=0.5)
+    pairs = list(zip(sequences, prompt_lens, strict=True))
+    answers = [tokenizer.decode(seq[length:-1]).removeprefix("Answer: ") for seq, length in pairs]
+    problems = [_problem_of(_content_of(tokenizer, seq[:length])) for seq, length in pairs]
+    right = sum(answer == problem.answer for answer, problem in zip(answers, problems, strict=True))
+    assert all(a in (p.answer, typical_mistake(p)) for a, p in zip(answers, problems, strict=True))
+    assert 16 < right < 48
+    assert typical_mistake(Problem("arithmetic", "2 + 3 * 4")) == "20"
+    assert typical_mistake(Problem("reverse", "a b c")) == "a b c"
+
+
+def test_teacher_context_with_feedback_raises_the_correct_answer(tiny_model_dir):
+    """On reversal (rarely solved) the verifier's feedback in CREDIT's reprompt makes the answer more likely."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    sequences, prompt_lens = training_sequences(tokenizer, 16, random.Random(1), reprompt=False)
-    input_ids, attention_mask, labels = pad_batch(sequences, prompt_lens, tokenizer.pad_token_id)
-    with torch.no_grad():
-        probs = model(input_ids=input_ids, attention_mask=attention_mask).logits[labels != -100].softmax(-1)
-    task_tokens = torch.zeros(probs.shape[-1], dtype=torch.bool)
-    task_tokens[input_ids.unique()] = True
-    assert probs[:, ~task_tokens].sum(-1).mean() < 0.02
-
-
-def test_teacher_context_with_feedback_raises_the_correct_answer(tiny_model_dir, tokenizer):
-    """On arithmetic (rarely solved) the verifier's feedback in CREDIT's reprompt makes the answer more likely."""
-    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    problems = [p for p in sample_problems(64, seed=5) if p.kind == "arithmetic"][:12]
+    problems = sample_problems(12, seed=5, kinds=("reverse",))
 
     def answer_log_prob(content: str, answer: str) -> float:
         context = chat_prompt_ids(tokenizer, content)
@@ -185,7 +203,7 @@ def test_teacher_context_with_feedback_raises_the_correct_answer(tiny_model_dir,
     gains = []
     for problem in problems:
         extra_info = {"kind": problem.kind, "question": problem.question}
-        feedback = compute_score(DATA_SOURCE, f"Answer: {int(problem.answer) + 2}", problem.answer, extra_info)
+        feedback = compute_score(DATA_SOURCE, f"Answer: {typical_mistake(problem)}", problem.answer, extra_info)
         reprompt = DEFAULT_REPROMPT_TEMPLATE.format(
             prompt=problem.prompt,
             solution="",

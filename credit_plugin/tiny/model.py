@@ -1,12 +1,12 @@
-"""A tiny Qwen2 built from a config and pre-trained for about a minute on one CPU thread: the demo's model.
+"""A tiny Qwen2 built from a config and pre-trained for seconds on one CPU thread: the demo's model.
 
-Nothing is downloaded: the weights start from a seeded random init and are fitted by supervised steps on
+Nothing is downloaded: the tokenizer is a byte-level BPE fitted to the task (``credit_plugin.tiny.tokenizer``,
+512 tokens, ChatML), the weights start from a seeded random init and are fitted by supervised steps on
 ``chat_template(prompt) -> "Answer: <value><|im_end|>"``. A fraction of the examples carry a teacher context
 in CREDIT's default reprompt layout (a sibling's correct answer or the verifier's feedback on a wrong one), so
 the model learns to use that context and self-distillation has a real signal. The run is deterministic given
 the seed and the spec (a step budget, not a time budget, for that reason). The output directory loads with
-``AutoModelForCausalLM`` / ``AutoTokenizer`` and verl's ``HFModelConfig`` (real Qwen tokenizer, chat template,
-``eos = <|im_end|>``).
+``AutoModelForCausalLM`` / ``AutoTokenizer`` and verl's ``HFModelConfig`` (chat template, ``eos = <|im_end|>``).
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ import torch
 import transformers
 
 from credit_plugin.config import DEFAULT_FEEDBACK_TEMPLATE, DEFAULT_REPROMPT_TEMPLATE, DEFAULT_SOLUTION_TEMPLATE
-from credit_plugin.tiny.task import DATA_SOURCE, Problem, compute_score, sample_problem
+from credit_plugin.tiny.task import DATA_SOURCE, KINDS, Problem, compute_score, sample_problem
+from credit_plugin.tiny.tokenizer import build_task_tokenizer
 
 STAMP_FILE = "tiny_model_stamp.json"
 # Bump when the training recipe changes so cached directories are rebuilt.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 
 def qwen_tokenizer_dir() -> Path:
@@ -61,11 +62,20 @@ class TinyModelSpec:
     warmup_steps: int = 20
     teacher_context_fraction: float = 0.5
     teacher_context_start: float = 0.5
+    # Bare prompts are paired with the family's typical mistake at rate 1 - answer_accuracy (reprompts never):
+    # the model starts torn between the right answer and one wrong habit, which RL and the teacher can resolve.
+    answer_accuracy: float = 0.6
+    # Problem families the model is pre-trained on (and the tokenizer fitted to).
+    kinds: tuple[str, ...] = KINDS
 
     def __post_init__(self) -> None:
+        if not self.kinds or not set(self.kinds) <= set(KINDS):
+            raise ValueError(f"TinyModelSpec.kinds must be a non-empty subset of {KINDS}, got {self.kinds!r}")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.name.startswith("teacher_context"):
+            if field.name == "kinds":
+                continue
+            if field.name.startswith("teacher_context") or field.name == "answer_accuracy":
                 valid, rule = 0 <= value <= 1, "in [0, 1]"
             elif field.name == "warmup_steps":
                 valid, rule = value >= 0, ">= 0"
@@ -96,6 +106,17 @@ def chat_affixes(tokenizer: transformers.PreTrainedTokenizerBase) -> tuple[str, 
     return prefix, suffix
 
 
+def typical_mistake(problem: Problem) -> str:
+    """The one wrong habit the pre-training teaches besides the right answer: the items left in their given
+    order (reverse, sort), or ``a op b op c`` evaluated left to right (arithmetic)."""
+    items = problem.question.split()
+    if problem.kind != "arithmetic":
+        return " ".join(items)
+    a, op1, b, op2, c = items
+    apply = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y}
+    return str(apply[op2](apply[op1](int(a), int(b)), int(c)))
+
+
 def _wrong_answer(problem: Problem, rng: random.Random) -> str:
     if problem.kind == "arithmetic":
         return str(int(problem.answer) + rng.choice((-3, -2, -1, 1, 2, 3)))
@@ -104,7 +125,7 @@ def _wrong_answer(problem: Problem, rng: random.Random) -> str:
     return " ".join(items[:-1] if rng.random() < 0.3 else items)
 
 
-def _reprompt(problem: Problem, rng: random.Random) -> str:
+def reprompt_text(problem: Problem, rng: random.Random) -> str:
     """CREDIT's default reprompt of ``problem`` with a sibling's correct answer or the feedback on a wrong one."""
     solution = feedback = ""
     if rng.random() < 0.5:
@@ -119,20 +140,29 @@ def _reprompt(problem: Problem, rng: random.Random) -> str:
 
 
 def training_sequences(
-    tokenizer: transformers.PreTrainedTokenizerBase, num: int, rng: random.Random, reprompt: bool
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    num: int,
+    rng: random.Random,
+    reprompt: bool,
+    answer_accuracy: float = 1.0,
+    kinds: tuple[str, ...] = KINDS,
 ) -> tuple[list[list[int]], list[int]]:
     """``num`` supervised sequences ``chat(prompt) ++ "Answer: <value><|im_end|>"`` and their prompt lengths.
 
-    With ``reprompt`` every prompt carries teacher context (:func:`_reprompt`); batches keep the two kinds
+    With ``reprompt`` every prompt carries teacher context (:func:`reprompt_text`); batches keep the two kinds
     apart so that bare prompts are not padded to the ~3x longer reprompts.
     """
     prefix, suffix = chat_affixes(tokenizer)
-    problems = [sample_problem(rng) for _ in range(num)]
-    contents = [_reprompt(problem, rng) if reprompt else problem.prompt for problem in problems]
+    problems = [sample_problem(rng, kinds) for _ in range(num)]
+    contents = [reprompt_text(problem, rng) if reprompt else problem.prompt for problem in problems]
     prompts = tokenizer([prefix + content + suffix for content in contents], add_special_tokens=False)["input_ids"]
     if prompts[0] != chat_prompt_ids(tokenizer, contents[0]):
         raise RuntimeError("the chat template depends on the content; the tiny pre-training cannot batch it")
-    targets = tokenizer([f"Answer: {problem.answer}" for problem in problems], add_special_tokens=False)["input_ids"]
+    answers = [
+        problem.answer if reprompt or rng.random() < answer_accuracy else typical_mistake(problem)
+        for problem in problems
+    ]
+    targets = tokenizer([f"Answer: {answer}" for answer in answers], add_special_tokens=False)["input_ids"]
     sequences = [prompt + target + [tokenizer.eos_token_id] for prompt, target in zip(prompts, targets, strict=True)]
     return sequences, [len(prompt) for prompt in prompts]
 
@@ -156,38 +186,6 @@ def pad_batch(
     predicts_answer = (positions >= torch.tensor(prompt_lens)[:, None] - 1) & (positions < lengths - 1)
     labels = torch.where(predicts_answer, input_ids.roll(-1, dims=1), -100)
     return input_ids, attention_mask, labels
-
-
-class TaskVocabularyHead(torch.nn.Module):
-    """Tied embedding rows of the tokens the task uses, trained in place of the full vocabulary.
-
-    The full softmax over ~152k tokens would dominate a CPU step. The rows of all other tokens stay at their
-    random init ``w ~ N(0, s^2 I)``, so their total mass is a closed form: ``E[sum_j exp(h.w_j)] = n exp(s^2
-    |h|^2 / 2)``. That tail enters the softmax as one extra logit, so the trained model also keeps its mass
-    on the task tokens under the full vocabulary.
-    """
-
-    def __init__(self, embedding: torch.Tensor, task_ids: torch.Tensor):
-        super().__init__()
-        others = torch.ones(embedding.shape[0], dtype=torch.bool)
-        others[task_ids] = False
-        self.register_buffer("task_ids", task_ids)
-        local = torch.full((embedding.shape[0],), -1, dtype=torch.long)
-        local[task_ids] = torch.arange(len(task_ids))
-        self.register_buffer("local", local)
-        self.rows = torch.nn.Parameter(embedding[task_ids].clone())
-        self.log_num_others = math.log(int(others.sum()))
-        self.half_var = embedding[others].pow(2).mean().item() / 2
-
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """shape (bs, seq_len) token ids -> (bs, seq_len, hidden)."""
-        return self.rows[self.local[input_ids]]
-
-    def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of ``labels`` (shape (n,), vocabulary ids) under ``hidden`` (shape (n, hidden))."""
-        tail = self.log_num_others + self.half_var * hidden.pow(2).sum(-1, keepdim=True)
-        logits = torch.cat([hidden @ self.rows.T, tail], dim=-1)
-        return torch.nn.functional.cross_entropy(logits, self.local[labels])
 
 
 def tiny_model_config(tokenizer: transformers.PreTrainedTokenizerBase, spec: TinyModelSpec) -> transformers.Qwen2Config:
@@ -228,37 +226,31 @@ def pretrain(model: transformers.Qwen2ForCausalLM, tokenizer, spec: TinyModelSpe
             spec.batch_size,
             rng,
             reprompt=step >= first_reprompt_step and rng.random() < spec.teacher_context_fraction,
+            answer_accuracy=spec.answer_accuracy,
+            kinds=spec.kinds,
         )
         for step in range(spec.pretrain_steps)
     ]
-    embedding = model.get_input_embeddings().weight
-    used = torch.unique(torch.tensor([token for sequences, _ in batches for seq in sequences for token in seq]))
-    head = TaskVocabularyHead(embedding.detach(), used)
-    embedding.requires_grad_(False)
-    trunk = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([*trunk, head.rows], lr=spec.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_warmup_cosine, spec=spec))
     model.train()
     losses = []
     for sequences, prompt_lens in batches:
         input_ids, attention_mask, labels = pad_batch(sequences, prompt_lens, tokenizer.pad_token_id)
-        hidden = model.model(inputs_embeds=head.embed(input_ids), attention_mask=attention_mask).last_hidden_state
-        keep = labels != -100
-        loss = head.loss(hidden[keep], labels[keep])
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
-    with torch.no_grad():
-        embedding[head.task_ids] = head.rows
-    embedding.requires_grad_(True)
     model.eval()
     return losses
 
 
 def _stamp(seed: int, spec: TinyModelSpec) -> dict:
-    return {"recipe_version": RECIPE_VERSION, "seed": seed, "spec": dataclasses.asdict(spec)}
+    # Through JSON so that it compares equal to a stamp read back from disk (tuples become lists).
+    return json.loads(json.dumps({"recipe_version": RECIPE_VERSION, "seed": seed, "spec": dataclasses.asdict(spec)}))
 
 
 def build_tiny_model(out_dir: str | Path, seed: int = 0, spec: TinyModelSpec | None = None) -> Path:
@@ -274,7 +266,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, spec: TinyModelSpec | N
     if stamp_path.exists() and {k: v for k, v in json.loads(stamp_path.read_text()).items() if k in wanted} == wanted:
         return out_dir
 
-    tokenizer = transformers.AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
+    tokenizer = build_task_tokenizer(seed, spec.kinds)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -54,9 +54,12 @@ class Problem:
         return " ".join(sorted(items))
 
 
-def sample_problem(rng: random.Random) -> Problem:
-    """Draw one problem; lengths are kept short so prompts stay under ~30 tokens with the chat template."""
-    kind = rng.choice(KINDS)
+def sample_problem(rng: random.Random, kinds: tuple[str, ...] = KINDS) -> Problem:
+    """Draw one problem of one of ``kinds``; lengths are kept short so prompts stay under ~30 tokens."""
+    unknown = sorted(set(kinds) - set(KINDS))
+    if not kinds or unknown:
+        raise ValueError(f"tiny task kinds must be a non-empty subset of {KINDS}, got {tuple(kinds)}")
+    kind = rng.choice(kinds)
     if kind == "arithmetic":
         a, b, c = (rng.randint(1, 9) for _ in range(3))
         question = f"{a} {rng.choice(OPERATORS)} {b} {rng.choice(OPERATORS)} {c}"
@@ -67,11 +70,13 @@ def sample_problem(rng: random.Random) -> Problem:
     return Problem(kind, question)
 
 
-def sample_problems(n: int, seed: int, exclude: set[Problem] | None = None) -> list[Problem]:
-    """``n`` distinct problems drawn with ``random.Random(seed)``, none of them in ``exclude``."""
+def sample_problems(
+    n: int, seed: int, exclude: set[Problem] | None = None, kinds: tuple[str, ...] = KINDS
+) -> list[Problem]:
+    """``n`` distinct problems of ``kinds`` drawn with ``random.Random(seed)``, none of them in ``exclude``."""
     rng, seen, problems = random.Random(seed), set(exclude or ()), []
     while len(problems) < n:
-        problem = sample_problem(rng)
+        problem = sample_problem(rng, kinds)
         if problem not in seen:
             seen.add(problem)
             problems.append(problem)
@@ -182,8 +187,10 @@ def to_row(problem: Problem, split: str, index: int) -> dict[str, Any]:
     }
 
 
-def write_parquet(out_dir: str | Path, n_train: int, n_val: int, seed: int) -> tuple[Path, Path]:
-    """Write ``train.parquet`` and ``val.parquet`` under ``out_dir``; validation problems never occur in train.
+def write_parquet(
+    out_dir: str | Path, n_train: int, n_val: int, seed: int, kinds: tuple[str, ...] = KINDS
+) -> tuple[Path, Path]:
+    """Write ``train.parquet`` and ``val.parquet`` of ``kinds`` under ``out_dir``; validation never occurs in train.
 
     Returns:
         (train_path, val_path).
@@ -195,9 +202,9 @@ def write_parquet(out_dir: str | Path, n_train: int, n_val: int, seed: int) -> t
             raise ValueError(f"write_parquet: {name} must be a positive int, got {value!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    train = sample_problems(n_train, seed)
+    train = sample_problems(n_train, seed, kinds=kinds)
     # A derived seed keeps the validation stream independent of n_train.
-    val = sample_problems(n_val, seed + 1_000_003, exclude=set(train))
+    val = sample_problems(n_val, seed + 1_000_003, exclude=set(train), kinds=kinds)
     paths = []
     for split, problems in (("train", train), ("val", val)):
         path = out_dir / f"{split}.parquet"
