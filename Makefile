@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo demo-compare bench clean
+.PHONY: venv test lint demo demo-compare bench learn learn-quick clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,15 @@ demo-compare: $(STAMP)
 # side by side in one run; writes runs/bench/results.json (about 2 minutes on 2 cores).
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+# Does the policy get better? GRPO, SDPO and CREDIT variants through main_ppo, 2 seeds, held-out success before
+# and after; writes runs/learn/results.{json,md} and learning.png (about 30 minutes on 2 free cores).
+learn: $(STAMP)
+	$(PY) bench/learn.py
+
+# The same, two 2-step runs (what CI runs as tests/e2e/test_learn_quick.py).
+learn-quick: $(STAMP)
+	$(PY) bench/learn.py --quick --out runs/learn-quick
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -24,6 +24,12 @@ DOC = REPO / "docs" / "configuration.md"
 DESCRIPTIONS = {
     "contrast_coef": "lambda, weight of the contrastive (input-generic) baseline; `0` is exactly SDPO (no negatives "
     "are scored)",
+    "contrast_form": "what lambda multiplies (`docs/method.md`): `reward` subtracts `lambda * (g - log pi_theta)`, "
+    "SDPO's reward under the swapped prompts, 0 on prompt-agnostic tokens at lambda 1; `logprob` subtracts "
+    "`lambda * g`, a raw log-prob that acts as an entropy bonus; `pmi` (full contrastive pMI) is refused by the "
+    "trainer until the student's swapped-prompt pass exists",
+    "contrast_centering": "`none`, or `batch`: subtract the contrast term's mean over the batch's scored tokens, "
+    "so it moves credit between tokens without shifting every advantage",
     "num_negatives": "K, prompts of other prompt groups (never the sample's own uid) scored per sample, drawn "
     "without replacement; the baseline's variance falls like 1/K",
     "negative_aggregate": "how the K negatives' teacher log-probs combine: `mean` or `logmeanexp`",

@@ -1,0 +1,321 @@
+"""``make learn``: does the policy get better? GRPO, SDPO and CREDIT variants side by side on the tiny task.
+
+Every run is verl's own ``main_ppo`` on the tiny CPU recipe (``recipes/tiny_cpu``), started through the demo
+launcher with the same data, model, step budget and seeds; only the algorithm overrides differ. Measured per run:
+
+- held-out success **before and after** training on a fixed validation set that never occurs in training:
+  *sampled* (verl's own validation, ``n`` samples per prompt at the rollout temperature, ``val-core/.../mean@n``)
+  and *greedy* (the initial model and the final actor's Hugging Face checkpoint, decoded greedily with the
+  task's verifier);
+- per step: training reward, policy entropy, response length, and for distillation the mean and positive
+  fraction of the token advantages.
+
+Writes ``<out>/results.json`` (every run and step), ``<out>/results.md`` (the table, mean and spread over seeds)
+and ``<out>/learning.png`` (curves averaged over seeds). ``--quick`` runs two short runs, for CI.
+
+What it shows: whether an objective moves held-out success of a small model beyond the spread between seeds,
+and whether it collapses (entropy and length up, reward down). What it does not show: anything about large
+models, long training or tasks where feedback carries less than the answer (see README and docs/method.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("VERL_PLATFORM", "cpu")
+from credit_plugin.tiny.model import RL_KINDS  # noqa: E402  (after the platform choice, as the demo)
+
+REPO = Path(__file__).resolve().parents[1]
+VAL_SAMPLES = 4
+
+
+def _demo():
+    """The tiny recipe's launcher (``recipes/tiny_cpu/demo.py``), which runs ``main_ppo`` and streams metrics."""
+    spec = importlib.util.spec_from_file_location("tiny_cpu_demo", REPO / "recipes/tiny_cpu/demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One arm of the comparison: a base algorithm of the demo and its extra overrides."""
+
+    name: str
+    algo: str
+    overrides: tuple[str, ...] = ()
+
+
+def credit(name: str, *overrides: str) -> Variant:
+    return Variant(name, "credit", overrides)
+
+
+VARIANTS = {
+    variant.name: variant
+    for variant in (
+        Variant("grpo", "grpo"),
+        Variant("sdpo", "sdpo"),
+        credit("credit"),  # the defaults of credit_defaults.yaml
+        credit("credit_logprob_l1", "credit.contrast_form=logprob", "credit.contrast_coef=1.0"),
+        credit("credit_logprob_l0.25", "credit.contrast_form=logprob", "credit.contrast_coef=0.25"),
+        credit("credit_reward_l1", "credit.contrast_form=reward", "credit.contrast_coef=1.0"),
+        credit("credit_reward_l0.5", "credit.contrast_form=reward", "credit.contrast_coef=0.5"),
+        credit("credit_reward_l0.25", "credit.contrast_form=reward", "credit.contrast_coef=0.25"),
+        credit("credit_reward_l0.1", "credit.contrast_form=reward", "credit.contrast_coef=0.1"),
+        credit(
+            "credit_logprob_l1_centred",
+            "credit.contrast_form=logprob",
+            "credit.contrast_coef=1.0",
+            "credit.contrast_centering=batch",
+        ),
+    )
+}
+DEFAULT_VARIANTS = ("grpo", "sdpo", "credit", "credit_logprob_l1")
+QUICK_VARIANTS = ("grpo", "credit")
+
+
+@dataclass
+class Setting:
+    """The shared budget of every run."""
+
+    steps: int = 16
+    prompts_per_step: int = 16
+    samples_per_prompt: int = 4
+    lr: float = 2e-4
+    n_train: int = 512
+    n_val: int = 128
+    kinds: tuple[str, ...] = RL_KINDS
+    val_samples: int = VAL_SAMPLES
+    extra: list[str] = field(default_factory=list)
+
+    def overrides(self, seed: int) -> list[str]:
+        return [
+            f"data.train_batch_size={self.prompts_per_step}",
+            f"actor_rollout_ref.actor.ppo_mini_batch_size={self.prompts_per_step}",
+            f"actor_rollout_ref.rollout.n={self.samples_per_prompt}",
+            f"actor_rollout_ref.actor.optim.lr={self.lr}",
+            f"data.seed={seed}",
+            f"actor_rollout_ref.rollout.seed={seed}",
+            f"credit.negative_seed={seed}",
+            "trainer.val_before_train=true",
+            f"trainer.test_freq={self.steps}",
+            f"actor_rollout_ref.rollout.val_kwargs.n={self.val_samples}",
+            "actor_rollout_ref.rollout.val_kwargs.do_sample=true",
+            "actor_rollout_ref.rollout.val_kwargs.temperature=1.0",
+            f"trainer.save_freq={self.steps}",
+            "actor_rollout_ref.actor.checkpoint.save_contents=[model,hf_model]",
+            *self.extra,
+        ]
+
+
+def greedy_success(model_dir: Path, tokenizer_dir: Path, val_file: Path) -> float:
+    """Fraction of the validation prompts the model at ``model_dir`` answers correctly, decoding greedily."""
+    import datasets
+    import torch
+    import transformers
+
+    from credit_plugin.tiny.model import chat_prompt_ids
+    from credit_plugin.tiny.task import compute_score
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    rows = datasets.Dataset.from_parquet(str(val_file)).to_list()
+    prompts = [chat_prompt_ids(tokenizer, row["prompt"][-1]["content"]) for row in rows]
+    width = max(map(len, prompts))
+    input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts])
+    attention_mask = (torch.arange(width)[None] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
+    with torch.no_grad():
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            do_sample=False,
+            max_new_tokens=24,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+    scores = [
+        compute_score(row["data_source"], text, row["reward_model"]["ground_truth"], row["extra_info"])["score"]
+        for row, text in zip(rows, texts, strict=True)
+    ]
+    return sum(scores) / len(scores)
+
+
+def _series(records: list[dict], key: str) -> list[float | None]:
+    return [record.get(key) for record in records]
+
+
+def _first_last(values: list[float | None], part: float = 0.25) -> tuple[float | None, float | None]:
+    """Means of the first and last ``part`` of the steps that have a value."""
+    present = [value for value in values if isinstance(value, int | float) and math.isfinite(value)]
+    if not present:
+        return None, None
+    width = max(1, round(len(present) * part))
+    return statistics.fmean(present[:width]), statistics.fmean(present[-width:])
+
+
+def summarise_run(metrics_path: Path, steps: int, val_samples: int) -> dict:
+    """Per-step curves and held-out sampled success before/after from one run's verl metrics file."""
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    val_key = next(
+        (
+            key
+            for record in records
+            for key in record["data"]
+            if key.startswith("val-core/") and f"@{val_samples}" in key and "/mean@" in key
+        ),
+        None,
+    )
+    val = [(record["step"], record["data"][val_key]) for record in records if val_key in record["data"]]
+    train = [record["data"] for record in records if "critic/score/mean" in record["data"]]
+    return {
+        "val_key": val_key,
+        "sampled_before": val[0][1] if val and val[0][0] == 0 else None,
+        "sampled_after": val[-1][1] if val and val[-1][0] == steps else None,
+        "reward": _series(train, "critic/score/mean"),
+        "entropy": _series(train, "actor/entropy"),
+        "response_length": _series(train, "response_length/mean"),
+        "advantage_token_mean": _series(train, "credit/advantage/token_mean"),
+        "advantage_positive_fraction": _series(train, "credit/advantage/positive_fraction"),
+    }
+
+
+def _mean_spread(values: list[float | None]) -> str:
+    present = [value for value in values if value is not None]
+    if not present:
+        return "-"
+    if len(present) == 1:
+        return f"{present[0]:.3f}"
+    return f"{statistics.fmean(present):.3f} ± {(max(present) - min(present)) / 2:.3f}"
+
+
+COLUMNS = (
+    ("held-out sampled: before -> after", "sampled"),
+    ("held-out greedy: before -> after", "greedy"),
+    ("train reward: first -> last quarter", "reward"),
+    ("entropy: first -> last quarter", "entropy"),
+    ("response length: first -> last quarter", "response_length"),
+    ("mean token advantage", "advantage_token_mean"),
+)
+
+
+def table(results: dict) -> str:
+    """Markdown table: one row per variant, each cell the mean ± half-range over seeds."""
+    lines = [
+        "| variant | seeds | " + " | ".join(title for title, _ in COLUMNS) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
+    for name, runs in results["runs"].items():
+        done = [run for run in runs if "error" not in run]
+        cells = []
+        for _, key in COLUMNS:
+            if key in ("sampled", "greedy"):
+                before = [run[f"{key}_before"] for run in done]
+                after = [run[f"{key}_after"] for run in done]
+                delta = [b - a for a, b in zip(before, after, strict=True) if a is not None and b is not None]
+                cells.append(f"{_mean_spread(before)} -> {_mean_spread(after)} (Δ {_mean_spread(delta)})")
+            elif key == "advantage_token_mean":
+                cells.append(_mean_spread([_first_last(run[key], 1.0)[0] for run in done]))
+            else:
+                pairs = [_first_last(run[key]) for run in done]
+                cells.append(f"{_mean_spread([p[0] for p in pairs])} -> {_mean_spread([p[1] for p in pairs])}")
+        failed = len(runs) - len(done)
+        lines.append(f"| {name} | {len(done)}{f' ({failed} failed)' if failed else ''} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    """Training reward, entropy, response length and held-out success per variant, averaged over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = (("reward", "train reward"), ("entropy", "entropy"), ("response_length", "response length"))
+    figure, axes = plt.subplots(1, len(keys) + 1, figsize=(5 * (len(keys) + 1), 4))
+    for name, runs in results["runs"].items():
+        done = [run for run in runs if "error" not in run]
+        if not done:
+            continue
+        for axis, (key, title) in zip(axes, keys, strict=False):
+            length = min(len(run[key]) for run in done)
+            mean = [statistics.fmean(run[key][i] for run in done if run[key][i] is not None) for i in range(length)]
+            axis.plot(range(1, length + 1), mean, label=name)
+            axis.set_title(title)
+            axis.set_xlabel("step")
+        before = statistics.fmean(run["sampled_before"] for run in done if run["sampled_before"] is not None)
+        after = statistics.fmean(run["sampled_after"] for run in done if run["sampled_after"] is not None)
+        axes[-1].plot([0, results["setting"]["steps"]], [before, after], marker="o", label=name)
+    axes[-1].set_title(f"held-out success (sampled, mean@{results['setting']['val_samples']})")
+    axes[-1].set_xlabel("step")
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=sorted(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--steps", type=int, default=Setting.steps)
+    parser.add_argument("--lr", type=float, default=Setting.lr)
+    parser.add_argument("--out", type=Path, default=REPO / "runs/learn")
+    parser.add_argument("--quick", action="store_true", help="GRPO and CREDIT, one seed, 2 steps (CI smoke)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
+    args = parser.parse_args()
+    setting = Setting(steps=args.steps, lr=args.lr, extra=args.overrides)
+    variants, seeds = args.variants, args.seeds
+    if args.quick:
+        variants, seeds = list(QUICK_VARIANTS), seeds[:1]
+        setting = Setting(steps=2, prompts_per_step=4, n_train=32, n_val=8, lr=args.lr, extra=args.overrides)
+
+    from credit_plugin.tiny.model import TinyModelSpec, build_tiny_model
+    from credit_plugin.tiny.task import write_parquet
+
+    demo = _demo()
+    assets = args.out / "assets"
+    spec = TinyModelSpec()
+    model = build_tiny_model(assets / "model", seed=0, spec=spec)
+    train, val = write_parquet(assets / "data", setting.n_train, setting.n_val, seed=0, kinds=setting.kinds)
+    initial_greedy = greedy_success(model, model, val)
+    results = {"setting": vars(setting) | {"seeds": seeds}, "runs": {}}
+    started = time.time()
+    for name in variants:
+        variant = VARIANTS[name]
+        results["runs"][name] = []
+        for seed in seeds:
+            root = args.out / name / f"seed{seed}"
+            extra = [*variant.overrides, *setting.overrides(seed)]
+            try:
+                metrics = demo.run(variant.algo, root, (model, train, val), setting.steps, extra)
+            except SystemExit as error:
+                results["runs"][name].append({"seed": seed, "error": str(error)[-2000:]})
+                continue
+            run = {"seed": seed, **summarise_run(metrics, setting.steps, setting.val_samples)}
+            final = root / variant.algo / "checkpoints" / f"global_step_{setting.steps}" / "actor" / "huggingface"
+            run["greedy_before"] = initial_greedy
+            run["greedy_after"] = greedy_success(final, model, val) if final.exists() else None
+            results["runs"][name].append(run)
+            (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    results["seconds"] = round(time.time() - started)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    markdown = table(results)
+    (args.out / "results.md").write_text(markdown + "\n")
+    plot(results, args.out / "learning.png")
+    print(markdown)
+    print(
+        f"\n{len(variants)} variants x {len(seeds)} seeds in {results['seconds']} s; {args.out}/results.json, "
+        f"results.md, learning.png"
+    )
+
+
+if __name__ == "__main__":
+    main()

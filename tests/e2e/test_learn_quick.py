@@ -1,0 +1,36 @@
+"""``make learn`` in quick mode: two short main_ppo runs, held-out success before/after, table and plot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_quick_learning_bench_measures_held_out_success_before_and_after(tmp_path):
+    command = [sys.executable, str(REPO / "bench/learn.py"), "--quick", "--out", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1500, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert set(report["runs"]) == {"grpo", "credit"}
+    for name, runs in report["runs"].items():
+        (run,) = runs
+        assert "error" not in run, run.get("error")
+        assert run["val_key"].startswith("val-core/credit_tiny/") and run["val_key"].endswith("@4")
+        for key in ("sampled_before", "sampled_after", "greedy_before", "greedy_after"):
+            assert 0.0 <= run[key] <= 1.0, (name, key)
+        assert len(run["reward"]) == len(run["entropy"]) == report["setting"]["steps"] == 2
+        assert all(value > 0 for value in run["entropy"])
+    credit = report["runs"]["credit"][0]
+    assert all(isinstance(value, float) for value in credit["advantage_token_mean"])
+    assert all(0.0 <= value <= 1.0 for value in credit["advantage_positive_fraction"])
+    table = (tmp_path / "results.md").read_text()
+    assert "| grpo | 1 |" in table and "| credit | 1 |" in table
+    assert (tmp_path / "learning.png").stat().st_size > 1000
