@@ -101,7 +101,10 @@ def compose_cpu_config(
 
 
 def create_worker_groups(
-    config: DictConfig, roles: Sequence[str] = ("actor", "ref"), worker_cls: type | None = None
+    config: DictConfig,
+    roles: Sequence[str] = ("actor", "ref"),
+    worker_cls: type | None = None,
+    pool_name: str = "global_pool",
 ) -> dict[str, Any]:
     """Spawn verl's ``ActorRolloutRefWorker`` for each role in the same processes and initialise its models.
 
@@ -111,6 +114,8 @@ def create_worker_groups(
         roles: ``"actor"`` and/or ``"ref"`` (the V1 trainer's ``Role.Actor`` / ``Role.RefPolicy``); roles with a
             rollout need a registered rollout backend.
         worker_cls: a subclass of verl's ``ActorRolloutRefWorker`` to spawn instead of it.
+        pool_name: the resource pool's name; Ray's placement groups are named after it and the world size,
+            so two groups of the same size in one cluster need different names.
 
     Returns:
         ``{role: RayWorkerGroup}``; call ``compute_log_prob`` on ``"actor"``, ``compute_ref_log_prob`` on ``"ref"``.
@@ -123,7 +128,6 @@ def create_worker_groups(
 
     if not roles:
         raise ValueError("create_worker_groups needs at least one role")
-    pool_name = "global_pool"
     by_name = {str(role): role for role in Role}
     unknown = [role for role in roles if role not in by_name]
     if unknown:
