@@ -46,6 +46,26 @@ def available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("megatron.core", "mbridge"))
 
 
+def _apply_mbridge_mends() -> None:
+    from credit_plugin.patches import megatron_build_on_cpu, megatron_local_spec_on_cpu
+
+    megatron_local_spec_on_cpu.apply()
+    megatron_build_on_cpu.apply()
+
+
+def _on_cpu(engine_cls: type) -> type:
+    """``engine_cls`` applying the mbridge mends when it builds its model: verl imports mbridge only then, and
+    importing it in every CPU worker (FSDP ones too) would cost seconds each."""
+
+    class Engine(engine_cls):
+        def initialize(self):
+            _apply_mbridge_mends()
+            return super().initialize()
+
+    Engine.__name__ = Engine.__qualname__ = f"CPU{engine_cls.__name__}"
+    return Engine
+
+
 def register_engines() -> None:
     """Register verl's Megatron language- and value-model engines for ``cpu`` (idempotent)."""
     from verl.workers.engine import EngineRegistry
@@ -58,17 +78,18 @@ def register_engines() -> None:
         registered = EngineRegistry._engines.get(model_type, {})
         missing = [backend for backend in BACKENDS if DEVICE not in registered.get(backend, {})]
         if missing:
-            EngineRegistry.register(model_type=model_type, backend=missing, device=DEVICE)(engine_cls)
+            EngineRegistry.register(model_type=model_type, backend=missing, device=DEVICE)(_on_cpu(engine_cls))
 
 
 def enable() -> None:
-    """Apply the Megatron CPU mends and register the engines (idempotent); version-checked by each patch."""
+    """Apply the Megatron CPU mends and register the engines (idempotent); version-checked by each patch.
+
+    The mends of mbridge apply when a Megatron engine builds its model (:func:`_on_cpu`).
+    """
     from credit_plugin.patches import (
-        megatron_build_on_cpu,
         megatron_cuda_device_on_cpu,
         megatron_cuda_literals_on_cpu,
         megatron_fp32_on_cpu,
-        megatron_local_spec_on_cpu,
         megatron_padded_mask_on_cpu,
         megatron_rng_on_cpu,
     )
@@ -78,8 +99,6 @@ def enable() -> None:
         megatron_cuda_literals_on_cpu,
         megatron_rng_on_cpu,
         megatron_fp32_on_cpu,
-        megatron_local_spec_on_cpu,
-        megatron_build_on_cpu,
         megatron_padded_mask_on_cpu,
     ):
         patch.apply()
