@@ -122,6 +122,12 @@ class CreditTrainer(PPOTrainerSync):
                 "trainer_mode=credit does not support actor_rollout_ref.actor.megatron.router_replay.mode="
                 f"{actor.router_replay.mode}: the teacher's reprompted sequences have no recorded routes; use disabled"
             )
+        if self.credit.teacher == "trust_region":
+            # The worker mixes the two models' full logits through the FSDP engine's logits hook only.
+            raise ValueError(
+                "credit.teacher=trust_region runs on the FSDP engines only; with model_engine=megatron use "
+                "credit.teacher=ema, frozen or current"
+            )
         if self.credit.teacher == "ema":
             check_same_layout(config.ref.megatron, actor)
 

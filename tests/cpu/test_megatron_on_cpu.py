@@ -97,6 +97,7 @@ def _config(*overrides: str):
     [
         (["actor_rollout_ref.actor.megatron.dynamic_context_parallel=true"], "dynamic_context_parallel=true"),
         (["actor_rollout_ref.actor.megatron.router_replay.mode=R3"], "router_replay.mode=R3"),
+        (["credit.teacher=trust_region"], "trust_region runs on the FSDP engines only"),
         (
             ["credit.teacher=ema", "actor_rollout_ref.ref.megatron.tensor_model_parallel_size=4"],
             "tensor_model_parallel_size: actor 1 vs ref 4",
