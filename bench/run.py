@@ -11,6 +11,11 @@ Sections (each timing is the median of several runs after a warm-up; absolute mi
   with the real 151k vocabulary, dynamic batch size): CREDIT's ``1 + K`` variants in one call against the same
   rows in ``1 + K`` calls and against SDPO's single variant, and the ``trust_region`` teacher against the
   ``frozen`` one. Skipped with ``--no-workers``.
+- ``megatron_teacher_pass``: the CREDIT teacher pass (the ref engine's ``compute_ref_log_prob`` on the
+  ``1 + K`` variants) on verl's hybrid Megatron worker at TP=2 (2 processes, CPU platform, vocabulary split
+  over the two ranks) against verl's own ``compute_log_prob`` of the actor on the same rows and tokens. Both run
+  verl's vocab-parallel log-prob pass, so no rank holds [tokens x full vocabulary] logits. Skipped with
+  ``--no-workers`` or without the ``megatron-cpu`` extra.
 
 Ratios are machine-independent to first order. Results go to ``runs/bench/results.json``
 (``{"results": {section: {name: {ms, baseline, ratio, ...}}}, "machine": ..., "sizes": ...}``) and a markdown
@@ -47,6 +52,8 @@ REPO = Path(__file__).resolve().parents[1]
 WORDS = "the of a to in is that for it as with on be by this are or at from an which".split()
 Rows = dict[str, dict[str, Any]]
 TRUST_REGION_COEF = 0.05  # tau of the trust_region teacher; its cost does not depend on the value
+# Megatron splits the vocabulary over TP ranks: the real Qwen2.5 size, divisible by 2, above the tokenizer's 151669.
+MEGATRON_VOCAB = 151936
 
 
 @dataclass(frozen=True)
@@ -224,29 +231,37 @@ def bench_teacher_build(tokenizer: PreTrainedTokenizerBase, sizes: Sizes) -> Row
 # ---------------------------------------------------------------- teacher pass on verl's worker
 
 
-def save_tiny_model(tokenizer: PreTrainedTokenizerBase, directory: Path) -> Path:
+def save_tiny_model(tokenizer: PreTrainedTokenizerBase, directory: Path, vocab_size: int | None = None) -> Path:
     """The demo's tiny Qwen2 architecture (2 layers, hidden 64, the tokenizer's full vocabulary, sdpa) with
     seeded random weights (pre-training does not change the cost) and the tokenizer, saved where verl's
-    workers load a model path."""
+    workers load a model path. ``vocab_size`` pads the vocabulary (Megatron splits it over TP ranks)."""
     import transformers
 
     from credit_plugin.tiny.model import TinyModelSpec, tiny_model_config
 
     torch.manual_seed(0)
     config = tiny_model_config(tokenizer, TinyModelSpec(intermediate_size=128))
+    if vocab_size is not None:
+        config.vocab_size = vocab_size
     transformers.Qwen2ForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
 
 @contextlib.contextmanager
-def hybrid_worker(model_dir: Path, max_tokens: int) -> Iterator[Any]:
-    """Local Ray and one ``actor_rollout_ref`` worker group (world size 1, CPU platform), shut down on exit."""
+def hybrid_worker(model_dir: Path, max_tokens: int, tensor_parallel: int = 0) -> Iterator[Any]:
+    """Local Ray and one ``actor_rollout_ref`` worker group (CPU platform), shut down on exit: FSDP with world
+    size 1, or with ``tensor_parallel`` > 0 the Megatron engine over that many processes."""
     import ray
 
     from credit_plugin.cpu.workers import compose_cpu_config, create_worker_groups, ray_init_kwargs
     from credit_plugin.workers import CreditActorRolloutRefWorker
 
+    world = max(tensor_parallel, 1)
+    megatron = [
+        f"actor_rollout_ref.actor.megatron.tensor_model_parallel_size={tensor_parallel}",
+        "actor_rollout_ref.actor.optim.total_training_steps=1",
+    ]
     overrides = [
         "actor_rollout_ref.rollout.name=hf_cpu",
         "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
@@ -255,8 +270,14 @@ def hybrid_worker(model_dir: Path, max_tokens: int) -> Iterator[Any]:
         "actor_rollout_ref.ref.log_prob_use_dynamic_bsz=true",
         f"actor_rollout_ref.ref.log_prob_max_token_len_per_gpu={max_tokens}",
     ]
-    config = compose_cpu_config(str(model_dir), config_name="credit_trainer", overrides=overrides)
-    ray.init(**ray_init_kwargs(1))
+    config = compose_cpu_config(
+        str(model_dir),
+        world_size=world,
+        config_name="credit_trainer",
+        engine="megatron" if tensor_parallel else "fsdp",
+        overrides=overrides + (megatron if tensor_parallel else []),
+    )
+    ray.init(**ray_init_kwargs(world))
     try:
         groups = create_worker_groups(config, roles=("actor_rollout_ref",), worker_cls=CreditActorRolloutRefWorker)
         yield groups["actor_rollout_ref"]
@@ -348,6 +369,37 @@ def bench_teacher_pass(tokenizer: PreTrainedTokenizerBase, sizes: Sizes) -> Rows
     }
 
 
+def bench_megatron_teacher_pass(tokenizer: PreTrainedTokenizerBase, sizes: Sizes) -> Rows:
+    """CREDIT's teacher pass (ref engine, ``1 + K`` variants, one call) vs verl's ``compute_log_prob`` on the
+    same rows, on the hybrid Megatron worker at TP=2."""
+    from credit_plugin.teacher import fit_token_budget
+
+    batch = synthetic_batch(tokenizer, sizes.pass_groups, sizes.per_group)
+    credit = teacher_batch(batch, sizes.negatives)
+    data = fit_token_budget(credit.data, sizes.max_tokens)
+    warm_up = rows_of(data, 0, 2)
+    with (
+        tempfile.TemporaryDirectory() as directory,
+        hybrid_worker(
+            save_tiny_model(tokenizer, Path(directory), vocab_size=MEGATRON_VOCAB), sizes.max_tokens, tensor_parallel=2
+        ) as wg,
+    ):
+        wg.compute_log_prob(warm_up)
+        wg.compute_ref_log_prob(warm_up)
+        ms, outputs = interleaved_ms(
+            {"log_prob": lambda: wg.compute_log_prob(data), "teacher": lambda: wg.compute_ref_log_prob(data)},
+            sizes.worker_repeats,
+            warm_up=False,
+        )
+    baseline = "verl_compute_log_prob_tp2"
+    return {
+        baseline: entry(ms["log_prob"], ms["log_prob"], baseline, rows=credit.num_rows, tokens=tokens_of(credit)),
+        f"credit_K{sizes.negatives}_teacher_pass_tp2": entry(
+            ms["teacher"], ms["log_prob"], baseline, rows=credit.num_rows, worker=worker_metrics(outputs["teacher"])
+        ),
+    }
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -394,10 +446,17 @@ def main(argv: list[str] | None = None) -> int:
     results = {"math": bench_math(sizes), "teacher_build": bench_teacher_build(tokenizer, sizes)}
     skipped = []
     if args.no_workers:
-        skipped.append("teacher_pass")
+        skipped += ["teacher_pass", "megatron_teacher_pass"]
         print("teacher_pass: skipped (--no-workers)", file=sys.stderr)
     else:
         results["teacher_pass"] = bench_teacher_pass(tokenizer, sizes)
+        from credit_plugin.cpu import megatron
+
+        if megatron.available():
+            results["megatron_teacher_pass"] = bench_megatron_teacher_pass(tokenizer, sizes)
+        else:
+            skipped.append("megatron_teacher_pass")
+            print("megatron_teacher_pass: skipped (no megatron-cpu extra)", file=sys.stderr)
     report = {
         "sizes": asdict(sizes),
         "machine": machine(),

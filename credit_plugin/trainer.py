@@ -46,7 +46,7 @@ from credit_plugin.negatives import negatives_generator
 from credit_plugin.registration import assert_registered
 from credit_plugin.rewards import contrastive_baseline, sdpo_token_rewards
 from credit_plugin.teacher import TeacherBatch, build_teacher_batch, fit_token_budget, split_teacher_log_probs
-from credit_plugin.workers import CreditActorRolloutRefWorker
+from credit_plugin.workers import CreditActorRolloutRefWorker, check_same_layout
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +108,38 @@ class CreditTrainer(PPOTrainerSync):
                 "pass does not compute yet; use credit.contrast_form=reward (or logprob)"
             )
         self.advantage_watch = AdvantageDriftWatch()
+        if config.actor_rollout_ref.actor.get("strategy") == "megatron":
+            self._check_megatron(config.actor_rollout_ref)
         # The base class compares the mode with "sync" in several places (replay buffer, dataloader,
         # checkpoints): registered under another name it would silently get async semantics.
         with open_dict(config):
             config.trainer.v1.trainer_mode = "sync"
         super().__init__(config)
+
+    def _check_megatron(self, config: DictConfig) -> None:
+        """Refuse Megatron settings the teacher pass cannot serve, naming the option."""
+        actor = config.actor.megatron
+        if actor.get("dynamic_context_parallel", False):
+            # verl's dynamic-CP scheduler refuses the distillation hook (trust_region) and spreads every batch over
+            # the DPxCP plane, where the teacher batch's row padding assumes plain data parallelism.
+            raise ValueError(
+                "trainer_mode=credit does not support actor_rollout_ref.actor.megatron.dynamic_context_parallel=true"
+            )
+        if actor.get("router_replay", {}).get("mode", "disabled") != "disabled":
+            # Replay feeds each sequence the routes recorded when it was generated; the teacher's reprompted
+            # sequences were never generated, so there are no routes to replay for them.
+            raise ValueError(
+                "trainer_mode=credit does not support actor_rollout_ref.actor.megatron.router_replay.mode="
+                f"{actor.router_replay.mode}: the teacher's reprompted sequences have no recorded routes; use disabled"
+            )
+        if self.credit.teacher == "trust_region":
+            # The worker mixes the two models' full logits through the FSDP engine's logits hook only.
+            raise ValueError(
+                "credit.teacher=trust_region runs on the FSDP engines only; with model_engine=megatron use "
+                "credit.teacher=ema, frozen or current"
+            )
+        if self.credit.teacher == "ema":
+            check_same_layout(config.ref.megatron, actor)
 
     # ------------------------------------------------------------------ workers
 

@@ -2,7 +2,8 @@
 
 - ``ema``: ``theta_ref <- (1 - tau) * theta_ref + tau * theta_actor`` after every actor update. The ref
   engine is built from the same model and parallel config as the actor, so both hold identically sharded
-  parameters and the update runs shard by shard on each rank, without gathering.
+  parameters (FSDP shards, or Megatron's tensor/pipeline-parallel shards under the same TP/PP layout, which
+  :func:`check_same_layout` requires) and the update runs shard by shard on each rank, without gathering.
 - ``trust_region``: ``log_softmax((1 - tau) * z_frozen + tau * z_current)``. verl's FSDP engine hands a
   micro-batch's full logits to its loss function when the batch carries ``distillation_use_topk`` (the hook
   of its top-k distillation); :class:`TrustRegionLogits` uses that hook during the actor's forward to run
@@ -30,11 +31,51 @@ from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from credit_plugin.trust_region import trust_region_log_probs
 
+# The fields of verl's ``McoreEngineConfig`` that decide which shard of which parameter a rank holds.
+MEGATRON_LAYOUT = (
+    "tensor_model_parallel_size",
+    "pipeline_model_parallel_size",
+    "virtual_pipeline_model_parallel_size",
+    "context_parallel_size",
+    "expert_model_parallel_size",
+    "expert_tensor_parallel_size",
+)
+
+
+def is_megatron(engine) -> bool:
+    """Whether ``engine`` is verl's Megatron engine (by its config, so megatron-core need not be importable)."""
+    return getattr(engine.engine_config, "strategy", None) == "megatron"
+
 
 def _engine_modules(engine) -> list[nn.Module]:
-    """The model chunks of a verl engine: one module for FSDP, a list of chunks for Megatron."""
+    """The model chunks of a verl engine: one module for FSDP, the unwrapped chunks (one per virtual
+    pipeline stage) for Megatron, whose actor chunks sit inside its DDP (and Float16) wrappers."""
+    if is_megatron(engine):
+        from verl.utils.megatron_utils import unwrap_model
+
+        return [unwrap_model(chunk) for chunk in engine.module]
     module = engine.module
     return list(module) if isinstance(module, list | tuple | nn.ModuleList) else [module]
+
+
+def check_same_layout(teacher_config, student_config, teacher: str = "ref", student: str = "actor") -> None:
+    """Raise unless two Megatron engine configs shard parameters the same way (:data:`MEGATRON_LAYOUT`).
+
+    Args:
+        teacher_config, student_config: ``McoreEngineConfig`` objects or ``megatron`` config sections.
+        teacher, student: the config sections' roles, for the error message.
+    """
+    differing = [
+        f"{field}: {student} {student_config.get(field)} vs {teacher} {teacher_config.get(field)}"
+        for field in MEGATRON_LAYOUT
+        if teacher_config.get(field) != student_config.get(field)
+    ]
+    if differing:
+        raise ValueError(
+            f"credit.teacher=ema needs the {teacher} engine sharded like the {student} (the EMA runs shard by "
+            f"shard); set actor_rollout_ref.{teacher}.megatron.* equal to actor_rollout_ref.{student}.megatron.*: "
+            + "; ".join(differing)
+        )
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
@@ -184,13 +225,17 @@ class CreditActorRolloutRefWorker(ActorRolloutRefWorker):
         """EMA step of the ref engine towards the actor on every rank; returns the largest change."""
         if self.ref is None or self.actor is None:
             raise RuntimeError(f"the EMA teacher needs a worker with role actor_rollout_ref, got {self.role!r}")
+        if is_megatron(self.actor.engine):
+            check_same_layout(self.ref.engine.engine_config, self.actor.engine.engine_config)
         return ema_update_(_engine_modules(self.ref.engine), _engine_modules(self.actor.engine), rate)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def save_teacher(self, local_path: str) -> None:
         """Write the teacher's full weights (HF names) to ``local_path/model.safetensors`` from rank 0.
 
-        Gathering the full tensors is collective: every rank walks the whole generator.
+        Gathering the full tensors is collective: every rank walks the whole generator (FSDP's gathered
+        state, or Megatron's bridge export across its tensor/pipeline-parallel ranks). For Megatron the
+        model's HF config goes next to it, so that the folder loads like a Hugging Face checkpoint.
         """
         if self.ref is None:
             raise RuntimeError(f"save_teacher needs a worker with a ref engine, got role {self.role!r}")
@@ -199,17 +244,33 @@ class CreditActorRolloutRefWorker(ActorRolloutRefWorker):
         if torch.distributed.get_rank() == 0:
             os.makedirs(local_path, exist_ok=True)
             save_file(tensors, os.path.join(local_path, "model.safetensors"))
+            if is_megatron(self.ref.engine):
+                self.ref.engine.model_config.hf_config.save_pretrained(local_path)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def load_teacher(self, local_path: str) -> None:
         """Load weights written by :meth:`save_teacher` into the ref engine (resuming an EMA run).
 
-        Every rank reads the file and keeps its own shards (FSDP); Megatron's chunked layout is not supported.
+        Every rank reads the file and keeps its own shards: FSDP through torch's full-state-dict loader,
+        Megatron through the engine's own bridge (as it loaded the initial model), which splits the full
+        weights over the current TP/PP layout.
         """
         if self.ref is None:
             raise RuntimeError(f"load_teacher needs a worker with a ref engine, got role {self.role!r}")
-        modules = _engine_modules(self.ref.engine)
+        engine = self.ref.engine
+        if is_megatron(engine):
+            if not os.path.exists(os.path.join(local_path, "config.json")):
+                raise FileNotFoundError(
+                    f"{local_path} has no config.json: the Megatron engine loads teachers as Hugging Face folders "
+                    "(save_teacher writes one)"
+                )
+            if engine.vanilla_bridge:
+                engine.bridge.load_weights(engine.module, local_path)
+            else:
+                engine.bridge.load_hf_weights(engine.module, local_path)
+            return
+        modules = _engine_modules(engine)
         if len(modules) != 1:
-            raise NotImplementedError("reloading the EMA teacher is implemented for FSDP engines only")
+            raise NotImplementedError(f"expected one FSDP module in the ref engine, got {len(modules)}")
         state = load_file(os.path.join(local_path, "model.safetensors"))
         set_model_state_dict(modules[0], state, options=StateDictOptions(full_state_dict=True))

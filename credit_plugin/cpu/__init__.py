@@ -2,7 +2,9 @@
 
 ``register()`` adds the ``cpu`` platform to verl's platform registry in every process; with
 ``VERL_PLATFORM=cpu`` it also registers verl's FSDP engines for device ``cpu`` and applies the two CPU patches
-(``credit_plugin.patches.gloo_backend_on_cpu``, ``credit_plugin.patches.unpinned_offload_on_cpu``).
+(``credit_plugin.patches.gloo_backend_on_cpu``, ``credit_plugin.patches.unpinned_offload_on_cpu``); where
+megatron-core and mbridge are installed, also verl's Megatron engines with their CPU mends
+(``credit_plugin.cpu.megatron``).
 It must run before anything imports verl's engine modules: ``verl.workers.engine.fsdp.transformer_impl``
 reads the platform's device name at import time, and verl caches the platform on first use.
 Importing this package registers.
@@ -32,6 +34,10 @@ def register() -> None:
         gloo_backend_on_cpu.apply()
         unpinned_offload_on_cpu.apply()
         register_engines()
+        from credit_plugin.cpu import megatron
+
+        if megatron.available():
+            megatron.enable()
 
 
 register()

@@ -57,10 +57,14 @@ def compose_cpu_config(
     max_token_len_per_gpu: int = 2048,
     overrides: Sequence[str] = (),
     config_name: str = "ppo_trainer",
+    engine: str = "fsdp",
 ) -> DictConfig:
     """verl's ``ppo_trainer`` config with :data:`CPU_OVERRIDES`, the model and the world size, resolved.
 
     ``config_name="credit_trainer"`` composes the plugin's config (``credit_plugin.CONFIG_DIR``) instead.
+    ``engine="megatron"`` selects verl's Megatron engine with
+    :data:`credit_plugin.cpu.megatron.MEGATRON_CPU_OVERRIDES` instead of the FSDP2 ones (parallel sizes go in
+    ``overrides``, e.g. ``actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2``).
 
     Log-prob micro-batches are packed by token count (dynamic batch size) up to ``max_token_len_per_gpu``
     tokens, so any batch size works; keep it small on CPU: the logits of a micro-batch take
@@ -69,7 +73,11 @@ def compose_cpu_config(
     from hydra import compose, initialize_config_dir, initialize_config_module
 
     from credit_plugin.config import CONFIG_DIR
+    from credit_plugin.cpu.megatron import MEGATRON_CPU_OVERRIDES
 
+    engine_overrides = {"fsdp": CPU_OVERRIDES, "megatron": MEGATRON_CPU_OVERRIDES}
+    if engine not in engine_overrides:
+        raise ValueError(f"engine must be one of {sorted(engine_overrides)}, got {engine!r}")
     context = (
         initialize_config_module(config_module="verl.trainer.config", version_base=None)
         if config_name == "ppo_trainer"
@@ -79,7 +87,7 @@ def compose_cpu_config(
         config = compose(
             config_name=config_name,
             overrides=[
-                *CPU_OVERRIDES,
+                *engine_overrides[engine],
                 f"actor_rollout_ref.model.path={model_path}",
                 "trainer.nnodes=1",
                 f"trainer.n_gpus_per_node={world_size}",
@@ -93,7 +101,10 @@ def compose_cpu_config(
 
 
 def create_worker_groups(
-    config: DictConfig, roles: Sequence[str] = ("actor", "ref"), worker_cls: type | None = None
+    config: DictConfig,
+    roles: Sequence[str] = ("actor", "ref"),
+    worker_cls: type | None = None,
+    pool_name: str = "global_pool",
 ) -> dict[str, Any]:
     """Spawn verl's ``ActorRolloutRefWorker`` for each role in the same processes and initialise its models.
 
@@ -103,6 +114,8 @@ def create_worker_groups(
         roles: ``"actor"`` and/or ``"ref"`` (the V1 trainer's ``Role.Actor`` / ``Role.RefPolicy``); roles with a
             rollout need a registered rollout backend.
         worker_cls: a subclass of verl's ``ActorRolloutRefWorker`` to spawn instead of it.
+        pool_name: the resource pool's name; Ray's placement groups are named after it and the world size,
+            so two groups of the same size in one cluster need different names.
 
     Returns:
         ``{role: RayWorkerGroup}``; call ``compute_log_prob`` on ``"actor"``, ``compute_ref_log_prob`` on ``"ref"``.
@@ -115,7 +128,6 @@ def create_worker_groups(
 
     if not roles:
         raise ValueError("create_worker_groups needs at least one role")
-    pool_name = "global_pool"
     by_name = {str(role): role for role in Role}
     unknown = [role for role in roles if role not in by_name]
     if unknown:
