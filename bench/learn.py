@@ -261,6 +261,17 @@ def plot(results: dict, path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
+def _earlier_runs(path: Path, setting: dict) -> dict[str, list[dict]]:
+    """Finished runs that an earlier invocation with the same setting left in ``path``: an interrupted or
+    extended bench (more ``--variants``) only runs what is missing."""
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    if earlier.get("setting") != json.loads(json.dumps(setting)):
+        return {}
+    return {name: [run for run in runs if "error" not in run] for name, runs in earlier["runs"].items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=sorted(VARIANTS))
@@ -287,11 +298,15 @@ def main() -> None:
     train, val = write_parquet(assets / "data", setting.n_train, setting.n_val, seed=0, kinds=setting.kinds)
     initial_greedy = greedy_success(model, model, val)
     results = {"setting": vars(setting) | {"seeds": seeds}, "runs": {}}
+    earlier = _earlier_runs(args.out / "results.json", results["setting"])
     started = time.time()
     for name in variants:
         variant = VARIANTS[name]
-        results["runs"][name] = []
+        done = {run["seed"]: run for run in earlier.get(name, [])}
+        results["runs"][name] = [done[seed] for seed in seeds if seed in done]
         for seed in seeds:
+            if seed in done:
+                continue
             root = args.out / name / f"seed{seed}"
             extra = [*variant.overrides, *setting.overrides(seed)]
             try:

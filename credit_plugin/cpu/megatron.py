@@ -43,7 +43,10 @@ MEGATRON_CPU_OVERRIDES: tuple[str, ...] = (
 
 def available() -> bool:
     """Whether the Megatron stack (megatron-core and mbridge) is installed."""
-    return all(importlib.util.find_spec(name) is not None for name in ("megatron.core", "mbridge"))
+    # find_spec of a submodule imports its parent, and raises when that parent is missing: look top-level first.
+    return all(importlib.util.find_spec(name) is not None for name in ("megatron", "mbridge")) and (
+        importlib.util.find_spec("megatron.core") is not None
+    )
 
 
 def _apply_mbridge_mends() -> None:
