@@ -284,8 +284,10 @@ def check_code_options(
     float_tolerance: float = DEFAULT_FLOAT_TOLERANCE,
     sandbox: str = "bwrap",
     sandbox_fusion_url: str | None = None,
+    probe: bool = True,
 ) -> None:
-    """ValueError naming the first invalid option; :class:`SandboxUnavailableError` if ``sandbox`` cannot run."""
+    """ValueError naming the first invalid option; :class:`SandboxUnavailableError` if ``sandbox`` cannot run
+    (checked only with ``probe``)."""
     if score_mode not in SCORE_MODES:
         raise ValueError(f"score_mode must be one of {SCORE_MODES}, got {score_mode!r}")
     if not isinstance(max_failures, int) or max_failures < 1:
@@ -296,7 +298,10 @@ def check_code_options(
         raise ValueError(f"float_tolerance must be a number >= 0, got {float_tolerance!r}")
     if sandbox not in BACKENDS:
         raise ValueError(f"sandbox must be one of {BACKENDS}, got {sandbox!r}")
-    check_backend(sandbox, sandbox_fusion_url)
+    if (sandbox == "sandbox_fusion") != (sandbox_fusion_url is not None):
+        raise ValueError("sandbox_fusion_url is needed with sandbox=sandbox_fusion and only there")
+    if probe:
+        check_backend(sandbox, sandbox_fusion_url)
 
 
 def score_code(
