@@ -44,6 +44,7 @@ from credit_plugin.scorers.sandbox import (
     BACKENDS,
     CaseInput,
     RunOutcome,
+    SandboxError,
     SandboxLimits,
     check_backend,
     run_tests,
@@ -376,9 +377,14 @@ def score_code(
         return fail(f"The code does not compile{where}:\n{clip(error, TRACEBACK_CHARS, keep='tail')}")
 
     inputs = [CaseInput(stdin=case.stdin, args=case.args) for case in tests.cases]
-    outcomes = run_tests(
-        code, inputs, tests.fn_name, limits, total_timeout_s, sandbox=sandbox, sandbox_fusion_url=sandbox_fusion_url
-    )
+    try:
+        outcomes = run_tests(
+            code, inputs, tests.fn_name, limits, total_timeout_s, sandbox=sandbox, sandbox_fusion_url=sandbox_fusion_url
+        )
+    except SandboxError as exc:
+        # The backend was checked at start-up, so this is the program's doing (it killed the test runner,
+        # forged its report) or a one-off failure; either way this response gets no credit.
+        return fail(f"The test run ended abnormally ({exc}); did the program kill or tamper with other processes?")
     passed, failures, failed, seen_details = 0, [], 0, {}
     for number, (case, outcome) in enumerate(zip(tests.cases, outcomes, strict=False), start=1):
         if _passes(case, outcome, float_tolerance):
