@@ -274,9 +274,16 @@ def _run_bwrap(spec: dict, limits: SandboxLimits, timeout_s: float) -> str:
     tmp_bytes = len(spec["tests"]) * 2 * int(limits.max_output_bytes) + TMP_EXTRA_BYTES
     spec = {**spec, "nproc": limits.max_processes + 2, "tmp_dir": "/tmp", "own_pid_namespace": True}
     command = _bwrap_command(bwrap, sandbox_python(), limits, tmp_bytes)
-    # As root, bubblewrap's user namespace would map the program to root outside, which RLIMIT_NPROC ignores.
-    as_nobody = {"user": NOBODY, "group": NOBODY, "extra_groups": []} if os.geteuid() == 0 else {}
-    return _run_process(command, spec, timeout_s, {}, **as_nobody)
+    if os.geteuid() != 0:
+        return _run_process(command, spec, timeout_s, {})
+    # As root, bubblewrap's user namespace would map the program to root outside, which RLIMIT_NPROC ignores:
+    # start it as uid 65534. Through setpriv when there is one: subprocess can then use vfork, where its own
+    # uid switch needs a full fork of this (large) process.
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None:
+        drop = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
+        return _run_process([*drop, *command], spec, timeout_s, {})
+    return _run_process(command, spec, timeout_s, {}, user=NOBODY, group=NOBODY, extra_groups=[])
 
 
 def _run_unsafe_local(spec: dict, timeout_s: float) -> str:
