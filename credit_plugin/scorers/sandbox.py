@@ -232,15 +232,17 @@ def _outcome(report: Any, fsize: int) -> RunOutcome:
 
 
 def parse_report(text: str, num_tests: int, fsize: int) -> list[RunOutcome]:
-    """The outcomes of the tests that ran, from the runner's JSON lines."""
+    """The outcomes of the tests that ran, from the runner's JSON lines; SandboxError if it did not finish."""
     outcomes = []
-    for line in text.splitlines()[:num_tests]:
+    for line in text.splitlines()[: num_tests + 1]:
         try:
             report = json.loads(line)
         except (ValueError, RecursionError) as exc:
             raise SandboxError(f"the sandbox's report is unreadable ({type(exc).__name__})") from None
+        if report == {"done": True}:
+            return outcomes
         outcomes.append(_outcome(report, fsize))
-    return outcomes
+    raise SandboxError(f"the test runner stopped after {len(outcomes)} of {num_tests} tests without finishing")
 
 
 def _run_process(command: list[str], spec: dict, timeout_s: float, env: dict | None, **popen: Any) -> str:

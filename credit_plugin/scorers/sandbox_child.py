@@ -9,8 +9,8 @@ stdin holds one JSON spec: ``code``, ``fn_name`` (None: stdin/stdout program), `
 ``own_pid_namespace`` (whether the runner is alone in its pid namespace). Expected outputs are never
 sent: comparing happens outside the sandbox. stdout gets one JSON line per test that ran, in order:
 ``timed_out``, ``returncode``, ``flooded``, ``stdout``, ``stderr`` (its tail) and ``value`` (the call's
-return value as JSON text, or None if it did not return). Testing stops after the first time-out or
-when ``total_timeout_s`` is spent.
+return value as JSON text, or None if it did not return), then ``{"done": true}``. Testing stops after
+the first time-out or when ``total_timeout_s`` is spent.
 
 The runner shares its uid with the program, so the program can read or kill it; that gains nothing:
 the runner holds only the program and its inputs. Between tests the runner kills every other process
@@ -21,15 +21,12 @@ program can leave with ``setsid``.
 
 import builtins
 import json
-import linecache
 import os
 import resource
 import select
-import shutil
 import signal
 import sys
 import time
-import traceback
 
 SOLUTION_FILE = "solution.py"
 STDERR_TAIL_BYTES = 64 * 1024
@@ -50,11 +47,16 @@ def _jsonable(value):
     return repr(value)
 
 
-def _report_exception(exc: BaseException, namespace: dict) -> None:
+def _report_exception(exc: BaseException, namespace: dict, source: str) -> None:
     """Print the traceback restricted to the program's own frames to stderr."""
     # The program's globals may hold what exhausted the memory limit; free them before formatting.
     namespace.clear()
     try:
+        # Imported only here: the runner starts once per response, and these imports cost more than a test.
+        import linecache
+        import traceback
+
+        linecache.cache[SOLUTION_FILE] = (len(source), None, source.splitlines(True), SOLUTION_FILE)
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == SOLUTION_FILE]
         text = "Traceback (most recent call last):\n" + "".join(traceback.format_list(frames))
         text += "".join(traceback.format_exception_only(type(exc), exc))
@@ -90,7 +92,6 @@ def _test_process(spec: dict, test: dict, folder: str, cpu_s: int) -> int:
     _set_limits(spec, cpu_s)
 
     source, fn_name = spec["code"], spec["fn_name"]
-    linecache.cache[SOLUTION_FILE] = (len(source), None, source.splitlines(True), SOLUTION_FILE)
     # A call test must not run the program's ``if __name__ == "__main__":`` block (it would read stdin).
     namespace = {"__name__": "__main__" if fn_name is None else "solution", "__builtins__": builtins}
     try:
@@ -108,7 +109,7 @@ def _test_process(spec: dict, test: dict, folder: str, cpu_s: int) -> int:
         return 1
     except BaseException as exc:
         sys.stdout.flush()
-        _report_exception(exc, namespace)
+        _report_exception(exc, namespace, source)
         return 1
     sys.stdout.flush()
     return 0
@@ -203,7 +204,6 @@ def _run_one(spec: dict, index: int, test: dict, timeout_s: float) -> dict:
         "stderr": _read(os.path.join(folder, "stderr"), STDERR_TAIL_BYTES, tail=True),
         "value": _read(result_path, fsize) if os.path.exists(result_path) else None,
     }
-    shutil.rmtree(folder, ignore_errors=True)
     return report
 
 
@@ -216,16 +216,27 @@ def main() -> int:
     spec = json.loads(sys.stdin.buffer.read())
     report_bytes = spec["report_bytes"]
     resource.setrlimit(resource.RLIMIT_FSIZE, (report_bytes, report_bytes))
+    if not spec["own_pid_namespace"]:
+        # A shared /tmp (a remote sandbox service): a folder of this run's own, removed at the end.
+        spec["tmp_dir"] = os.path.join(spec["tmp_dir"], f"credit_runner_{os.getpid()}_{time.time_ns()}")
+        os.mkdir(spec["tmp_dir"], 0o700)
     deadline = time.monotonic() + spec["total_timeout_s"]
-    for index, test in enumerate(spec["tests"]):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        report = _run_one(spec, index, test, min(spec["timeout_s"], remaining))
-        sys.stdout.write(json.dumps(report, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
-        if report["timed_out"]:
-            break
+    try:
+        for index, test in enumerate(spec["tests"]):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            report = _run_one(spec, index, test, min(spec["timeout_s"], remaining))
+            sys.stdout.write(json.dumps(report, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+            if report["timed_out"]:
+                break
+    finally:
+        if not spec["own_pid_namespace"]:
+            import shutil
+
+            shutil.rmtree(spec["tmp_dir"], ignore_errors=True)
+    sys.stdout.write(json.dumps({"done": True}) + "\n")
     return 0
 
 
