@@ -90,7 +90,7 @@ QUICK = Sizes(
     fast_repeats=10,
     worker_repeats=2,
     max_tokens=1024,
-    code_samples=12,
+    code_samples=8,
 )
 
 
