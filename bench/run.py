@@ -16,6 +16,9 @@ Sections (each timing is the median of several runs after a warm-up; absolute mi
   over the two ranks) against verl's own ``compute_log_prob`` of the actor on the same rows and tokens. Both run
   verl's vocab-parallel log-prob pass, so no rank holds [tokens x full vocabulary] logits. Skipped with
   ``--no-workers`` or without the ``megatron-cpu`` extra.
+- ``reward``: code samples per second through the ``credit`` reward manager, sandbox (bubblewrap) included:
+  trivial stdin programs with 3 tests each, scored as verl's reward loop does (one ``run_single`` per
+  sample, all at once), with ``max_parallel=1`` (the baseline) and the default ``max_parallel``.
 
 Ratios are machine-independent to first order. Results go to ``runs/bench/results.json``
 (``{"results": {section: {name: {ms, baseline, ratio, ...}}}, "machine": ..., "sizes": ...}``) and a markdown
@@ -69,6 +72,7 @@ class Sizes:
     fast_repeats: int  # rounds of the reward math and of the teacher batch build
     worker_repeats: int  # rounds of worker calls
     max_tokens: int  # the workers' log-prob token budget per micro-batch (dynamic batch size)
+    code_samples: int  # code responses scored through the reward manager per round
 
 
 FULL = Sizes(
@@ -81,6 +85,7 @@ FULL = Sizes(
     fast_repeats=20,
     worker_repeats=3,
     max_tokens=2048,
+    code_samples=64,
 )
 QUICK = Sizes(
     batch=16,
@@ -92,6 +97,7 @@ QUICK = Sizes(
     fast_repeats=10,
     worker_repeats=2,
     max_tokens=1024,
+    code_samples=8,
 )
 
 
@@ -400,6 +406,68 @@ def bench_megatron_teacher_pass(tokenizer: PreTrainedTokenizerBase, sizes: Sizes
     }
 
 
+# ---------------------------------------------------------------- reward
+
+
+def code_batch(tokenizer: PreTrainedTokenizerBase, samples: int) -> list[Any]:
+    """``samples`` one-sample DataProtos as verl's reward loop passes them: a correct program, 3 stdin tests."""
+    from tensordict import TensorDict
+    from verl import DataProto
+
+    program = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"
+    tests = json.dumps({"inputs": ["1 2\n", "3 4\n", "10 -2\n"], "outputs": ["3\n", "7\n", "8\n"]})
+    response = torch.tensor([tokenizer.encode(program, add_special_tokens=False)])
+    prompt = torch.tensor([tokenizer.encode("Add two integers.", add_special_tokens=False)])
+    tensors = {
+        "prompts": prompt,
+        "responses": response,
+        "attention_mask": torch.ones(1, prompt.shape[1] + response.shape[1], dtype=torch.long),
+    }
+    fields = {
+        "data_source": np.array(["livecodebench"], dtype=object),
+        "reward_model": np.array([{"ground_truth": tests}], dtype=object),
+    }
+    return [DataProto(batch=TensorDict(tensors, batch_size=1), non_tensor_batch=fields) for _ in range(samples)]
+
+
+def bench_reward(tokenizer: PreTrainedTokenizerBase, sizes: Sizes) -> Rows:
+    """ms per code sample through the reward manager, serial against parallel (isolation included)."""
+    import asyncio
+
+    from omegaconf import OmegaConf
+
+    from credit_plugin.reward_manager import MANAGER_OPTIONS, CreditRewardManager
+
+    batch = code_batch(tokenizer, sizes.code_samples)
+    parallel = MANAGER_OPTIONS["max_parallel"]
+    managers = {
+        name: CreditRewardManager(OmegaConf.create({"reward": {"reward_kwargs": {"max_parallel": n}}}), tokenizer)
+        for name, n in (("code_serial", 1), (f"code_parallel_{parallel}", parallel))
+    }
+
+    def score_all(manager: CreditRewardManager) -> Callable[[], list[float]]:
+        async def gather() -> list[dict]:
+            return await asyncio.gather(*(manager.run_single(sample) for sample in batch))
+
+        return lambda: [out["reward_score"] for out in asyncio.run(gather())]
+
+    ms, last = interleaved_ms({name: score_all(manager) for name, manager in managers.items()}, repeats=2)
+    for name, scores in last.items():
+        if scores != [1.0] * len(batch):
+            raise RuntimeError(f"reward bench: {name} scored a correct program {scores}")
+    per_sample = {name: value / len(batch) for name, value in ms.items()}
+    return {
+        name: entry(
+            value,
+            per_sample["code_serial"],
+            "code_serial",
+            samples=len(batch),
+            samples_per_s=round(1e3 / value, 1),
+        )
+        for name, value in per_sample.items()
+    }
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -443,7 +511,11 @@ def main(argv: list[str] | None = None) -> int:
     start, load_start = time.perf_counter(), os.getloadavg()
     sizes = QUICK if args.quick else FULL
     tokenizer = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
-    results = {"math": bench_math(sizes), "teacher_build": bench_teacher_build(tokenizer, sizes)}
+    results = {
+        "math": bench_math(sizes),
+        "teacher_build": bench_teacher_build(tokenizer, sizes),
+        "reward": bench_reward(tokenizer, sizes),
+    }
     skipped = []
     if args.no_workers:
         skipped += ["teacher_pass", "megatron_teacher_pass"]

@@ -34,9 +34,13 @@ Where the feedback goes (verl 0.9.1): ``run_single`` returns ``reward_extra_info
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+import logging
+import math
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -47,8 +51,13 @@ from verl.experimental.reward_loop.reward_manager.registry import REWARD_MANAGER
 from verl.utils.reward_score import default_compute_score
 
 from credit_plugin import scorers
+from credit_plugin.scorers.sandbox import SandboxUnavailableError
+
+logger = logging.getLogger(__name__)
 
 NAME = "credit"
+MANAGER_OPTIONS = {"max_parallel": 8, "score_timeout_s": 120.0}
+FAILURE_KEYS = ("reward_error", "reward_timeout")
 
 
 def _is_verl_default(compute_score: Any) -> bool:
@@ -66,8 +75,71 @@ def _reward_kwargs(config: Any) -> dict:
     return OmegaConf.to_container(options, resolve=True) if isinstance(options, DictConfig) else dict(options)
 
 
+def _manager_options(options: dict) -> dict:
+    """Take the manager's own options out of ``options`` (in place), checked, with defaults."""
+    taken = {key: options.pop(key, default) for key, default in MANAGER_OPTIONS.items()}
+    max_parallel, timeout = taken["max_parallel"], taken["score_timeout_s"]
+    if not isinstance(max_parallel, int) or isinstance(max_parallel, bool) or max_parallel < 1:
+        raise ValueError(f"reward.reward_kwargs.max_parallel must be a positive int, got {max_parallel!r}")
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
+        raise ValueError(f"reward.reward_kwargs.score_timeout_s must be a positive number, got {timeout!r}")
+    return taken
+
+
+def _dataset_files(config: Any) -> list[str]:
+    data = config.get("data") if isinstance(config, (DictConfig, Mapping)) else None
+    files = []
+    for key in ("train_files", "val_files"):
+        value = data.get(key) if data is not None else None
+        if isinstance(value, str):
+            files.append(value)
+        elif value is not None:
+            files.extend(str(item) for item in value)
+    return files
+
+
+def dataset_data_sources(config: Any) -> set[str] | None:
+    """The ``data_source`` values of the configured parquet files that can be read; None if none can.
+
+    Files that cannot be read here (another format, a path only the trainer resolves) are skipped: their
+    samples are checked when scored.
+    """
+    import pyarrow.parquet as pq
+
+    sources, readable = set(), False
+    for path in _dataset_files(config):
+        try:
+            column = pq.read_table(path, columns=["data_source"]).column("data_source")
+        except (OSError, KeyError, ValueError) as exc:
+            logger.info("credit reward manager: data sources of %s not checked at start-up (%s)", path, exc)
+            continue
+        readable = True
+        sources.update(str(value) for value in column.unique().to_pylist())
+    return sources if readable else None
+
+
+def reward_failure_metrics(extra_fields: Iterable[Any]) -> dict[str, float]:
+    """``credit/reward/errors`` and ``credit/reward/timeouts``: failed samples of a step.
+
+    Args:
+        extra_fields: per-sample ``extra_fields`` dicts (verl's v1 trainer store), each holding
+            ``reward_extra_info`` as this manager returned it.
+    """
+    errors = timeouts = 0.0
+    for extra in extra_fields:
+        info = extra.get("reward_extra_info") if isinstance(extra, Mapping) else None
+        if isinstance(info, Mapping):
+            errors += float(info.get("reward_error") or 0.0)
+            timeouts += float(info.get("reward_timeout") or 0.0)
+    return {"credit/reward/errors": errors, "credit/reward/timeouts": timeouts}
+
+
+class _SampleError(Exception):
+    """A sample that cannot be scored (its fields, its scorer's failure); it gets score 0, the step goes on."""
+
+
 class CreditRewardManager(RewardManagerBase):
-    """Scores one trajectory per ``run_single``; the blocking scorer (a code sandbox) runs in the executor."""
+    """Scores one trajectory per ``run_single``; the blocking scorer (a code sandbox) runs in a bounded pool."""
 
     def __init__(
         self,
@@ -79,15 +151,23 @@ class CreditRewardManager(RewardManagerBase):
     ) -> None:
         super().__init__(config, tokenizer, compute_score)
         self.uses_credit_scorers = compute_score is None or _is_verl_default(compute_score)
+        options = _reward_kwargs(config)
+        manager_options = _manager_options(options)
+        self.max_parallel = manager_options["max_parallel"]
+        self.score_timeout_s = float(manager_options["score_timeout_s"])
         if self.uses_credit_scorers:
             self.compute_score = scorers.compute_score
-            self.score_options = _reward_kwargs(config)
+            self.score_options = options
             scorers.check_options(self.score_options, where="reward.reward_kwargs")
+            scorers.check_option_values(self.score_options, data_sources=dataset_data_sources(config))
         else:
             self.score_options = {}
         self.is_async_reward_score = inspect.iscoroutinefunction(self.compute_score)
         self.reward_router_address = reward_router_address
         self.reward_model_tokenizer = reward_model_tokenizer
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.max_parallel, thread_name_prefix="credit-reward")
+        # One semaphore per event loop (an asyncio primitive binds to the loop that first waits on it).
+        self._slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def _score_kwargs(self) -> dict:
         if self.uses_credit_scorers:
@@ -99,52 +179,95 @@ class CreditRewardManager(RewardManagerBase):
             "reward_model_tokenizer": self.reward_model_tokenizer,
         }
 
+    @staticmethod
+    def _sample_fields(fields: Mapping) -> tuple[Any, Any, dict]:
+        """``(data_source, ground_truth, extra_info)`` of a sample; _SampleError naming what is missing."""
+        missing = [key for key in ("data_source", "reward_model") if fields.get(key) is None]
+        if missing:
+            raise _SampleError(
+                f"the sample has no {missing} (present: {sorted(fields)}); it needs the dataset fields, "
+                "which verl's colocated reward-model path does not pass"
+            )
+        reward_model = fields["reward_model"]
+        if not isinstance(reward_model, Mapping) or "ground_truth" not in reward_model:
+            raise _SampleError(f"the sample's reward_model is not a dict with 'ground_truth': {type(reward_model)}")
+        # A copy: the dataset's dict travels on to the trainer's store. Non-dict values carry nothing usable.
+        extra = fields.get("extra_info")
+        extra_info = dict(extra) if isinstance(extra, Mapping) else {}
+        tool_fields = fields.get("tool_extra_fields")
+        extra_info.update(tool_fields if isinstance(tool_fields, Mapping) else {})
+        extra_info["num_turns"] = fields.get("__num_turns__")
+        return fields["data_source"], reward_model["ground_truth"], extra_info
+
+    async def _call(self, call: Callable[[], Any]) -> Any:
+        """Run one scorer call, at most ``max_parallel`` at once; the time limit starts when it gets a slot."""
+        loop = asyncio.get_running_loop()
+        slots = self._slots.setdefault(loop, asyncio.Semaphore(self.max_parallel))
+        async with slots:
+            if self.is_async_reward_score:
+                return await asyncio.wait_for(call(), self.score_timeout_s)
+            future = loop.run_in_executor(self._pool, call)
+            return await asyncio.wait_for(future, self.score_timeout_s)
+
+    @staticmethod
+    def _failed(feedback: str, *, timeout: bool) -> dict:
+        info = {"score": 0.0, "acc": False, "feedback": feedback, "reward_error": 1.0, "reward_timeout": float(timeout)}
+        return {"reward_score": 0.0, "reward_extra_info": info}
+
     async def run_single(self, data: DataProto) -> dict:
         """Score the last sequence of ``data`` (one trajectory, as verl's reward loop passes it).
 
         Returns:
-            ``{"reward_score": float, "reward_extra_info": {"score", "acc", "feedback", ...}}``.
+            ``{"reward_score": float, "reward_extra_info": {"score", "acc", "feedback", "reward_error",
+            "reward_timeout", ...}}``; a sample that fails scores 0 (see the module docstring).
         """
         item = data[len(data) - 1]
-        fields = item.non_tensor_batch
-        missing = [key for key in ("data_source", "reward_model") if key not in fields]
-        if missing:
-            raise KeyError(
-                f"credit reward manager: the sample has no {missing} (present: {sorted(fields)}); it needs the "
-                "dataset fields, which verl's colocated reward-model path does not pass"
+        try:
+            data_source, ground_truth, extra_info = self._sample_fields(item.non_tensor_batch)
+            response_ids = item.batch["responses"]
+            valid_length = int(item.batch["attention_mask"][-response_ids.shape[-1] :].sum())
+            response_str = await asyncio.get_running_loop().run_in_executor(
+                None, functools.partial(self.tokenizer.decode, response_ids[:valid_length], skip_special_tokens=True)
             )
-        response_ids = item.batch["responses"]
-        valid_length = int(item.batch["attention_mask"][-response_ids.shape[-1] :].sum())
-        loop = asyncio.get_running_loop()
-        response_str = await loop.run_in_executor(
-            None, functools.partial(self.tokenizer.decode, response_ids[:valid_length], skip_special_tokens=True)
-        )
+            call = functools.partial(
+                self.compute_score,
+                data_source=data_source,
+                solution_str=response_str,
+                ground_truth=ground_truth,
+                extra_info=extra_info,
+                **self._score_kwargs(),
+            )
+            result = await self._call(call)
+            score, reward_extra_info = self._result(result)
+        except SandboxUnavailableError:
+            raise  # a configuration error: no sample can be scored
+        except asyncio.TimeoutError:
+            logger.warning("credit reward manager: scoring took longer than %s s; score 0", self.score_timeout_s)
+            feedback = f"Scoring this response took longer than {self.score_timeout_s:g} s, so it gets reward 0."
+            return self._failed(feedback, timeout=True)
+        except Exception as exc:
+            # The message may quote the ground truth: it goes to the log, not into the teacher's feedback.
+            logger.warning("credit reward manager: a sample could not be scored: %s: %.2000s", type(exc).__name__, exc)
+            reason = str(exc) if isinstance(exc, _SampleError) else f"{type(exc).__name__} in the scorer"
+            return self._failed(f"This response could not be scored ({reason}), so it gets reward 0.", timeout=False)
+        return {"reward_score": score, "reward_extra_info": reward_extra_info}
 
-        # A copy: the dataset's dict travels on to the trainer's store.
-        extra_info = dict(fields.get("extra_info") or {})
-        extra_info.update(fields.get("tool_extra_fields") or {})
-        extra_info["num_turns"] = fields.get("__num_turns__")
-        call = functools.partial(
-            self.compute_score,
-            data_source=fields["data_source"],
-            solution_str=response_str,
-            ground_truth=fields["reward_model"]["ground_truth"],
-            extra_info=extra_info,
-            **self._score_kwargs(),
-        )
-        result = await call() if self.is_async_reward_score else await loop.run_in_executor(None, call)
-
+    @staticmethod
+    def _result(result: Any) -> tuple[float, dict]:
         if isinstance(result, Mapping):
             if "score" not in result:
-                raise KeyError(f"the reward function returned a dict without 'score': keys {sorted(result)}")
+                raise _SampleError(f"the reward function returned a dict without 'score': keys {sorted(result)}")
             reward_extra_info = dict(result)
             score = float(result["score"])
         else:
             score = float(result)
             reward_extra_info = {"acc": score}  # verl's naive manager does the same for a bare score
+        if not math.isfinite(score):
+            raise _SampleError(f"the reward function returned a non-finite score {score}")
         feedback = reward_extra_info.get("feedback")
         reward_extra_info["feedback"] = "" if feedback is None else str(feedback)
-        return {"reward_score": score, "reward_extra_info": reward_extra_info}
+        reward_extra_info.update({key: 0.0 for key in FAILURE_KEYS})
+        return score, reward_extra_info
 
 
 def _register() -> None:

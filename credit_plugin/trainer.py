@@ -44,6 +44,7 @@ from credit_plugin.diagnostics import AdvantageDriftWatch, token_advantage_stats
 from credit_plugin.estimators import TEACHER_BATCH_KEYS
 from credit_plugin.negatives import negatives_generator
 from credit_plugin.registration import assert_registered
+from credit_plugin.reward_manager import reward_failure_metrics
 from credit_plugin.rewards import contrastive_baseline, sdpo_token_rewards
 from credit_plugin.teacher import TeacherBatch, build_teacher_batch, fit_token_budget, split_teacher_log_probs
 from credit_plugin.workers import CreditActorRolloutRefWorker, check_same_layout
@@ -278,6 +279,8 @@ class CreditTrainer(PPOTrainerSync):
         output = self._score_teacher_batch(teacher)
         teacher_lp, contrast_lp = split_teacher_log_probs(output["log_probs"], teacher, width=width)
         metrics.update(teacher.metrics())
+        if "extra_fields" in data.keys():
+            metrics.update(reward_failure_metrics(list(data["extra_fields"])))
 
         rows = len(batch)
         result = {

@@ -13,6 +13,7 @@ K = 4  # the bench's number of negatives, in quick mode too
 EXPECTED = {
     "math": {"sdpo_token_rewards", f"credit_token_rewards_mean_K{K}", f"credit_token_rewards_logmeanexp_K{K}"},
     "teacher_build": {"build_sdpo", f"build_credit_K{K}"},
+    "reward": {"code_serial", "code_parallel_8"},
 }
 
 
@@ -41,3 +42,4 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert 0.9 * (1 + K) < build[f"build_credit_K{K}"]["tokens_ratio"] < 1.1 * (1 + K)
     assert build["build_sdpo"]["samples"] == build[f"build_credit_K{K}"]["samples"] > 0
     assert report["machine"]["cpus"] >= 1 and report["machine"]["torch"]
+    assert all(row["samples"] == 8 and row["samples_per_s"] > 0 for row in results["reward"].values())

@@ -25,8 +25,12 @@ from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from verl.trainer.ppo.reward import load_reward_manager, resolve_reward_manager_cls
 
 import credit_plugin.reward_manager
-from credit_plugin.reward_manager import CreditRewardManager
+from credit_plugin.reward_manager import CreditRewardManager, reward_failure_metrics
+from credit_plugin.scorers import sandbox
+from credit_plugin.scorers.result import PROGRAM_OUTPUT_OPEN
 from credit_plugin.tiny.model import qwen_tokenizer_dir
+
+OK = {"reward_error": 0.0, "reward_timeout": 0.0}
 
 ADD_TESTS = json.dumps({"inputs": ["1 2\n", "5 5\n"], "outputs": ["3\n", "10\n"]})
 QUESTION = [{"role": "user", "content": "Read two integers and print their sum."}]
@@ -139,13 +143,14 @@ def test_streaming_path_puts_feedback_into_extra_fields(reward_worker):
     )
     info = wrong.extra_fields["reward_extra_info"]
     assert wrong.reward_score == 0.0 and info["acc"] is False and info["score"] == 0.0
-    assert "Test 1 failed: wrong answer." in info["feedback"] and "Your output:\n-1" in info["feedback"]
+    assert "Test 1 failed: wrong answer." in info["feedback"]
+    assert f"Your output:\n{PROGRAM_OUTPUT_OPEN}\n-1\n" in info["feedback"]
 
     right = stream_score(
         reward_worker, "```python\na, b = map(int, input().split())\nprint(a + b)\n```", "livecodebench", ADD_TESTS
     )
     assert right.reward_score == 1.0
-    assert right.extra_fields["reward_extra_info"] == {"score": 1.0, "acc": True, "feedback": ""}
+    assert right.extra_fields["reward_extra_info"] == {"score": 1.0, "acc": True, "feedback": "", **OK}
 
     science = stream_score(reward_worker, "<think>Maybe A.</think>The answer is \\boxed{C}.", "sciknoweval", "B")
     assert science.extra_fields["reward_extra_info"]["feedback"] == "The chosen option C is incorrect."
@@ -187,7 +192,7 @@ def test_batch_as_the_reward_loop_manager_sends_it_has_uniform_keys(reward_worke
     outputs = asyncio.run(reward_worker.compute_score_batch(data))
     assert [out["reward_score"] for out in outputs] == [1.0, 0.0, 0.0]
     # RewardLoopManager.compute_rm_score takes the keys of the first sample for every sample.
-    assert all(out["reward_extra_info"].keys() == {"score", "acc", "feedback"} for out in outputs)
+    assert all(out["reward_extra_info"].keys() == {"score", "acc", "feedback", *OK} for out in outputs)
     feedback = np.array([out["reward_extra_info"]["feedback"] for out in outputs])
     assert feedback[0] == "" and "wrong value for argument 'city'" in feedback[1] and "Passed 1 of 2" in feedback[2]
 
@@ -231,8 +236,8 @@ def test_custom_reward_function_is_used_like_naive(config, reward_worker, tmp_pa
         "    return 0.75\n"
     )
     for name, expected in (
-        ("rich", {"score": 0.25, "acc": False, "feedback": "judge: Answer"}),
-        ("bare", {"acc": 0.75, "feedback": ""}),
+        ("rich", {"score": 0.25, "acc": False, "feedback": "judge: Answer", **OK}),
+        ("bare", {"acc": 0.75, "feedback": "", **OK}),
     ):
         custom = with_options(
             config, **{"reward.custom_reward_function.path": str(module), "reward.custom_reward_function.name": name}
@@ -252,7 +257,7 @@ def test_unknown_reward_kwargs_are_named(config, reward_worker):
         load_reward_manager(typo, reward_worker.input_tokenizer)
 
 
-def test_colocated_reward_model_inputs_give_a_clear_error(reward_worker):
+def test_colocated_reward_model_inputs_score_zero_with_the_reason(reward_worker):
     # What PPOTrainerSync._compute_reward_colocate sends: no data_source, no ground truth.
     data = DataProto(
         batch=TensorDict(
@@ -265,8 +270,10 @@ def test_colocated_reward_model_inputs_give_a_clear_error(reward_worker):
         ),
         non_tensor_batch={"raw_prompt": np.array([QUESTION], dtype=object)},
     )
-    with pytest.raises(KeyError, match="colocated reward-model path"):
-        asyncio.run(reward_worker.reward_manager.run_single(data))
+    result = asyncio.run(reward_worker.reward_manager.run_single(data))
+    info = result["reward_extra_info"]
+    assert result["reward_score"] == 0.0 and info["reward_error"] == 1.0 and info["reward_timeout"] == 0.0
+    assert "colocated reward-model path" in info["feedback"]
 
 
 def test_registration_survives_verls_own_plugin_import_order():
@@ -282,3 +289,173 @@ def test_registration_survives_verls_own_plugin_import_order():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "credit_plugin.reward_manager"
+
+
+def make_batch(tokenizer, responses: list[str], **columns: list) -> DataProto:
+    """A batch as verl's RewardLoopManager sends it: padded responses and the dataset's columns."""
+    prompt = torch.tensor([tokenizer.encode("question", add_special_tokens=False)] * len(responses))
+    encoded = [tokenizer.encode(text, add_special_tokens=False) or [tokenizer.pad_token_id] for text in responses]
+    width = max(map(len, encoded))
+    response_ids = torch.full((len(responses), width), tokenizer.pad_token_id)
+    response_mask = torch.zeros(len(responses), width, dtype=torch.long)
+    for row, ids in enumerate(encoded):
+        response_ids[row, : len(ids)] = torch.tensor(ids)
+        response_mask[row, : len(ids)] = 1
+    tensors = {
+        "prompts": prompt,
+        "responses": response_ids,
+        "attention_mask": torch.cat([torch.ones_like(prompt), response_mask], dim=1),
+    }
+    non_tensor = {key: np.array(values, dtype=object) for key, values in columns.items()}
+    return DataProto(batch=TensorDict(tensors, batch_size=len(responses)), non_tensor_batch=non_tensor)
+
+
+def test_bad_samples_score_zero_and_the_rest_of_the_batch_is_scored(reward_worker):
+    tokenizer = reward_worker.input_tokenizer
+    right = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"
+    data = make_batch(
+        tokenizer,
+        [right, right, right, right, right, right],
+        data_source=["code", None, "code", "code", "no_such_task", "code"],
+        reward_model=[
+            {"ground_truth": ADD_TESTS},
+            {"ground_truth": ADD_TESTS},
+            None,
+            {"ground_truth": "not json: SECRET-GROUND-TRUTH"},
+            {"ground_truth": ADD_TESTS},
+            {"ground_truth": ADD_TESTS},
+        ],
+        extra_info=[{}, {}, {}, {}, {}, "not a dict"],
+    )
+    outputs = asyncio.run(reward_worker.compute_score_batch(data))
+    assert [out["reward_score"] for out in outputs] == [1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    infos = [out["reward_extra_info"] for out in outputs]
+    assert [info["reward_error"] for info in infos] == [0.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+    assert all(info.keys() == infos[0].keys() for info in infos), "verl takes the first sample's keys for all"
+    assert "has no ['data_source']" in infos[1]["feedback"] and "has no ['reward_model']" in infos[2]["feedback"]
+    assert "ValueError in the scorer" in infos[3]["feedback"] and "SECRET-GROUND-TRUTH" not in infos[3]["feedback"]
+    assert "ValueError in the scorer" in infos[4]["feedback"]
+    extra_fields = [{"reward_extra_info": info} for info in infos]
+    assert reward_failure_metrics(extra_fields) == {"credit/reward/errors": 4.0, "credit/reward/timeouts": 0.0}
+
+
+def custom_manager(config, reward_worker, tmp_path, body: str, **options) -> CreditRewardManager:
+    module = tmp_path / "judge.py"
+    module.write_text("import threading, time\nACTIVE = []\nPEAK = [0]\n" + body)
+    custom = with_options(
+        config,
+        **{"reward.custom_reward_function.path": str(module), "reward.custom_reward_function.name": "judge"},
+        **{f"reward.reward_kwargs.{key}": value for key, value in options.items()},
+    )
+    return load_reward_manager(custom, reward_worker.input_tokenizer)
+
+
+def test_a_scorer_past_score_timeout_s_gives_zero_and_a_timeout(config, reward_worker, tmp_path):
+    manager = custom_manager(
+        config,
+        reward_worker,
+        tmp_path,
+        "def judge(data_source, solution_str, ground_truth, extra_info=None, **kwargs):\n"
+        "    time.sleep(30 if 'slow' in solution_str else 0)\n    return 1.0\n",
+        score_timeout_s=0.5,
+    )
+    data = make_batch(manager.tokenizer, ["slow"], data_source=["x"], reward_model=[{"ground_truth": "y"}])
+    start = time.monotonic()
+    result = asyncio.run(manager.run_single(data))
+    assert time.monotonic() - start < 5.0
+    info = result["reward_extra_info"]
+    assert result["reward_score"] == 0.0 and info["reward_timeout"] == 1.0 and info["reward_error"] == 1.0
+    assert "took longer than 0.5 s" in info["feedback"]
+    metrics = reward_failure_metrics([{"reward_extra_info": info}, {"reward_extra_info": {**info, **OK}}])
+    assert metrics == {"credit/reward/errors": 1.0, "credit/reward/timeouts": 1.0}
+
+
+def test_max_parallel_bounds_concurrent_scorer_calls(config, reward_worker, tmp_path):
+    manager = custom_manager(
+        config,
+        reward_worker,
+        tmp_path,
+        "LOCK = threading.Lock()\n"
+        "def judge(data_source, solution_str, ground_truth, extra_info=None, **kwargs):\n"
+        "    with LOCK:\n        ACTIVE.append(1)\n        PEAK[0] = max(PEAK[0], len(ACTIVE))\n"
+        "    time.sleep(0.3)\n"
+        "    with LOCK:\n        ACTIVE.pop()\n    return float(PEAK[0])\n",
+        max_parallel=2,
+    )
+    data = make_batch(manager.tokenizer, ["a"] * 6, data_source=["x"] * 6, reward_model=[{"ground_truth": "y"}] * 6)
+
+    async def all_at_once():
+        return await asyncio.gather(*(manager.run_single(data[i : i + 1]) for i in range(6)))
+
+    results = asyncio.run(all_at_once())
+    assert max(result["reward_score"] for result in results) == 2.0
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("max_parallel", 0, "max_parallel"), ("score_timeout_s", -1, "score_timeout_s"), ("sandbox", "x", "sandbox")],
+)
+def test_bad_manager_and_scorer_option_values_fail_at_start_up(config, reward_worker, option, value, message):
+    bad = with_options(config, **{f"reward.reward_kwargs.{option}": value})
+    with pytest.raises(ValueError, match=message):
+        load_reward_manager(bad, reward_worker.input_tokenizer)
+
+
+def parquet(path: Path, sources: list[str]) -> str:
+    import pandas as pd
+
+    pd.DataFrame({"data_source": sources, "prompt": ["q"] * len(sources)}).to_parquet(path)
+    return str(path)
+
+
+def test_an_unknown_data_source_in_the_dataset_fails_at_start_up(config, reward_worker, tmp_path):
+    files = {"data.train_files": [parquet(tmp_path / "train.parquet", ["sciknoweval", "gsm8k"])]}
+    with pytest.raises(ValueError, match="no CREDIT scorer for data_source 'gsm8k'"):
+        load_reward_manager(with_options(config, **files), reward_worker.input_tokenizer)
+    files = {"data.train_files": [parquet(tmp_path / "ok.parquet", ["sciknoweval", "credit_tiny"])]}
+    assert isinstance(
+        load_reward_manager(with_options(config, **files), reward_worker.input_tokenizer), RewardManagerBase
+    )
+
+
+def test_without_isolation_code_is_refused_at_start_up_unless_unsafe_local(
+    config, reward_worker, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setattr(sandbox, "bwrap_executable", lambda: None)
+    monkeypatch.setattr(sandbox, "_probed", {})
+    monkeypatch.setattr(sandbox, "_warned", set())
+    code_data = with_options(config, **{"data.train_files": [parquet(tmp_path / "code.parquet", ["livecodebench"])]})
+    with pytest.raises(sandbox.SandboxUnavailableError, match="bubblewrap is not installed.*unsafe_local"):
+        load_reward_manager(code_data, reward_worker.input_tokenizer)
+    # A science-only dataset does not need the sandbox.
+    science = with_options(config, **{"data.train_files": [parquet(tmp_path / "sci.parquet", ["sciknoweval"])]})
+    load_reward_manager(science, reward_worker.input_tokenizer)
+
+    unsafe = with_options(code_data, **{"reward.reward_kwargs.sandbox": "unsafe_local"})
+    with caplog.at_level("WARNING", logger=sandbox.__name__):
+        manager = load_reward_manager(unsafe, reward_worker.input_tokenizer)
+        load_reward_manager(unsafe, reward_worker.input_tokenizer)
+    assert sum("WITHOUT isolation" in record.message for record in caplog.records) == 1, "warned once"
+    right = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"
+    data = make_batch(manager.tokenizer, [right], data_source=["code"], reward_model=[{"ground_truth": ADD_TESTS}])
+    assert asyncio.run(manager.run_single(data))["reward_score"] == 1.0
+
+
+def test_the_tiny_demo_task_scores_through_the_manager(reward_worker):
+    from credit_plugin.tiny import task as tiny_task
+
+    manager = reward_worker.reward_manager
+    ground_truth = "7"
+    data = make_batch(
+        manager.tokenizer,
+        ["Answer: 7", "Answer: 3"],
+        data_source=[tiny_task.DATA_SOURCE] * 2,
+        reward_model=[{"ground_truth": ground_truth}] * 2,
+    )
+    outputs = asyncio.run(reward_worker.compute_score_batch(data))
+    assert [out["reward_score"] for out in outputs] == [1.0, 0.0]
+    assert (
+        outputs[1]["reward_extra_info"]["feedback"]
+        == tiny_task.compute_score(tiny_task.DATA_SOURCE, "Answer: 3", ground_truth, {"num_turns": None})["feedback"]
+    )
+    assert all(out["reward_extra_info"]["reward_error"] == 0.0 for out in outputs)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -13,7 +11,8 @@ import time
 import pytest
 
 from credit_plugin.scorers.code import extract_code, parse_tests, score_code, stdout_matches, values_match
-from credit_plugin.scorers.sandbox import Sandbox, SandboxLimits, network_isolation_prefix
+from credit_plugin.scorers.result import PROGRAM_OUTPUT_CLOSE, PROGRAM_OUTPUT_OPEN
+from credit_plugin.scorers.sandbox import CaseInput, SandboxLimits, run_tests
 
 ADD = {"inputs": ["1 2\n", "3 4\n", "10 -2\n"], "outputs": ["3\n", "7\n", "8\n"]}
 ADD_PROGRAM = "a, b = map(int, input().split())\nprint(a + b)\n"
@@ -32,7 +31,10 @@ def test_wrong_program_lists_input_expected_and_got():
     result = score_code(fenced("a, b = map(int, input().split())\nprint(a * b)\n"), ADD)
     assert result.score == 0.0 and not result.acc
     assert "Passed 0 of 3 tests." in result.feedback
-    assert "Test 1 failed: wrong answer.\nInput:\n1 2\nExpected output:\n3\nYour output:\n2" in result.feedback
+    assert (
+        f"Test 1 failed: wrong answer.\nInput:\n1 2\nExpected output:\n3\nYour output:\n"
+        f"{PROGRAM_OUTPUT_OPEN}\n2\n{PROGRAM_OUTPUT_CLOSE}"
+    ) in result.feedback
 
 
 def test_fraction_mode_gives_partial_credit_and_all_mode_does_not():
@@ -126,23 +128,11 @@ def listener():
     thread.join(timeout=5)
 
 
-def test_network_attempt_is_blocked_in_the_sandbox(listener):
+def test_network_attempt_reaches_no_host_socket(listener):
     port, accepted = listener
     code = f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\nprint('connected')\n"
     result = score_code(fenced(code), {"inputs": [""], "outputs": ["connected"]})
-    assert not result.acc and "network access is blocked" in result.feedback
-    time.sleep(0.2)
-    assert accepted == []
-
-
-def test_network_namespace_alone_blocks_a_connect_without_the_audit_hook(listener):
-    prefix = network_isolation_prefix()
-    if not prefix:
-        pytest.skip("this machine does not allow a new network namespace; only the audit hook guards")
-    port, accepted = listener
-    code = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)"
-    plain = subprocess.run([*prefix, sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=30)
-    assert plain.returncode != 0 and "Network is unreachable" in plain.stderr, plain.stderr
+    assert not result.acc and "ConnectionRefusedError" in result.feedback, result.feedback
     time.sleep(0.2)
     assert accepted == []
 
@@ -150,12 +140,6 @@ def test_network_namespace_alone_blocks_a_connect_without_the_audit_hook(listene
 def test_a_crash_is_reported_by_signal_name():
     result = score_code(fenced("import ctypes\nctypes.string_at(0)\n"), {"inputs": [""], "outputs": [""]})
     assert "Test 1 failed: the program was killed by signal SIGSEGV.\nInput:\n(empty)" in result.feedback
-
-
-def test_process_creation_and_signals_are_blocked():
-    for code in ("import os\nos.kill(os.getppid(), 9)\n", "import subprocess\nsubprocess.run(['true'])\n"):
-        result = score_code(fenced(code), {"inputs": [""], "outputs": [""]})
-        assert "process access is blocked" in result.feedback
 
 
 def test_child_gets_no_inherited_environment_and_its_directories_are_removed(monkeypatch, tmp_path):
@@ -181,7 +165,7 @@ def test_function_call_tests_in_livecodebench_layout():
     assert score_code(fenced(solution), json.dumps(tests), extra_info).acc
     wrong = score_code(fenced("def twoSum(nums, target):\n    return [1, 0]\n"), {"tests": tests, "fn_name": "twoSum"})
     assert "Call: twoSum([2, 7, 11, 15], 9)" in wrong.feedback
-    assert "Expected return value: [0, 1]\nYour return value: [1, 0]" in wrong.feedback
+    assert f"Expected return value: [0, 1]\nYour return value:\n{PROGRAM_OUTPUT_OPEN}\n[1, 0]\n" in wrong.feedback
 
 
 def test_function_call_tests_with_fn_name_and_argument_lists():
@@ -206,6 +190,19 @@ def test_output_comparison_tolerates_whitespace_and_float_rounding():
     assert values_match([1, [2.0, 3]], [1, [2.0000000001, 3]]) and not values_match({"a": 1}, {"a": 2})
 
 
+def test_integers_compare_exactly_and_float_tolerance_is_an_option():
+    # rel_tol=1e-6 let these pass before
+    assert not stdout_matches("1000000007", "1000000000") and not stdout_matches("998244353", "998244000")
+    assert not values_match([1000000007], [1000000000]) and not values_match(True, 1)
+    assert stdout_matches("2.5", "2.5000001") and not stdout_matches("2.5", "2.5000001", float_tolerance=0.0)
+    assert stdout_matches("2.5", "2.6", float_tolerance=0.1) and values_match(2.5, 2.6, float_tolerance=0.1)
+    tests = {"inputs": [""], "outputs": ["998244353"]}
+    assert not score_code(fenced("print(998244000)\n"), tests, float_tolerance=0.01).acc
+    floats = {"inputs": [""], "outputs": ["0.5"]}
+    assert score_code(fenced("print(0.5001)\n"), floats, float_tolerance=0.01).acc
+    assert not score_code(fenced("print(0.5001)\n"), floats).acc
+
+
 @pytest.mark.parametrize(
     ("ground_truth", "message"),
     [
@@ -222,15 +219,24 @@ def test_bad_ground_truth_names_the_problem(ground_truth, message):
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("score_mode", "some"), ("max_failures", 0), ("timeout_s", -1), ("memory_limit_mb", 0), ("max_feedback_chars", 0)],
+    [
+        ("score_mode", "some"),
+        ("max_failures", 0),
+        ("timeout_s", -1),
+        ("memory_limit_mb", 0),
+        ("max_feedback_chars", 0),
+        ("max_processes", 0),
+        ("float_tolerance", -1),
+        ("sandbox", "docker"),
+        ("sandbox_fusion_url", "http://127.0.0.1:1/run_code"),
+    ],
 )
 def test_bad_options_name_the_option(option, value):
     with pytest.raises(ValueError, match=option):
         score_code(fenced(ADD_PROGRAM), ADD, **{option: value})
 
 
-def test_sandbox_reruns_in_fresh_directories():
+def test_each_test_runs_in_a_fresh_directory():
     code = "import os\nprint(os.path.exists('mark'))\nopen('mark', 'w').close()\n"
-    with Sandbox(code, SandboxLimits(timeout_s=5)) as box:
-        first, second = box.run(), box.run()
-    assert (first.stdout, second.stdout) == ("False\n", "False\n")
+    outcomes = run_tests(code, [CaseInput(stdin=""), CaseInput(stdin="")], None, SandboxLimits(timeout_s=5), 20.0)
+    assert [outcome.stdout for outcome in outcomes] == ["False\n", "False\n"]

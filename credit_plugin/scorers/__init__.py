@@ -18,8 +18,9 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from credit_plugin.scorers.code import score_code
-from credit_plugin.scorers.result import ScoreResult
+from credit_plugin.scorers.code import check_code_options, score_code
+from credit_plugin.scorers.result import ScoreResult, check_max_feedback_chars
+from credit_plugin.scorers.sandbox import SandboxLimits
 from credit_plugin.scorers.science import score_science
 from credit_plugin.scorers.tool_use import score_tool_use
 from credit_plugin.tiny import task as tiny_task
@@ -72,6 +73,28 @@ def check_options(options: Mapping[str, Any], where: str = "scorer options") -> 
         raise ValueError(f"unknown {where} {unknown}; known: {sorted(ALL_OPTIONS)}")
 
 
+_CODE_CHECKED = ("score_mode", "max_failures", "total_timeout_s", "float_tolerance", "sandbox", "sandbox_fusion_url")
+_LIMITS = ("timeout_s", "memory_limit_mb", "max_output_bytes", "max_processes")
+
+
+def check_option_values(options: Mapping[str, Any], data_sources: set[str] | None = None) -> None:
+    """Check option values and data sources before any sample is scored (start-up), so they fail loudly.
+
+    Args:
+        options: scorer options, as for :func:`compute_score`.
+        data_sources: the dataset's ``data_source`` values, if known: each must have a scorer
+            (ValueError), and if one is scored as code, the chosen sandbox must run here
+            (:class:`~credit_plugin.scorers.sandbox.SandboxUnavailableError`). With None, the sandbox
+            is checked when the first code sample is scored.
+    """
+    if "max_feedback_chars" in options:
+        check_max_feedback_chars(options["max_feedback_chars"])
+    SandboxLimits(**{key: options[key] for key in _LIMITS if key in options})
+    used = None if data_sources is None else {scorer_for(source) for source in sorted(data_sources)}
+    code_options = {key: options[key] for key in _CODE_CHECKED if key in options}
+    check_code_options(**code_options, probe=used is not None and score_code in used)
+
+
 def compute_score(
     data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None, **kwargs: Any
 ) -> dict:
@@ -90,4 +113,11 @@ def compute_score(
     return scorer(solution_str, ground_truth, extra_info, **accepted).as_dict()
 
 
-__all__ = ["DATA_SOURCE_PREFIXES", "ScoreResult", "check_options", "compute_score", "scorer_for"]
+__all__ = [
+    "DATA_SOURCE_PREFIXES",
+    "ScoreResult",
+    "check_option_values",
+    "check_options",
+    "compute_score",
+    "scorer_for",
+]

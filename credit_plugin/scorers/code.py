@@ -13,7 +13,11 @@ For call tests without ``fn_name`` in the ground truth, it is read from ``extra_
 ``extra_info["func_name"]`` or LiveCodeBench's ``extra_info["metadata"]["func_name"]``. The callee is the
 method of ``class Solution`` (LeetCode style) if defined, else the top-level function.
 
-stdout matches when the stripped lines agree, or token by token with numbers within 1e-6.
+stdout matches when the stripped lines agree, or token by token: integers exactly, other numbers within
+``float_tolerance``. Return values match after a JSON round trip, with the same rule for numbers.
+
+The program runs in :mod:`credit_plugin.scorers.sandbox` (option ``sandbox``); the expected outputs stay
+in this process. Program output quoted in the feedback is clipped, escaped and fenced as program output.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import json
 import math
 import re
 import signal
-import time
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -33,16 +36,26 @@ from credit_plugin.scorers.result import (
     check_max_feedback_chars,
     clip,
     final_answer_text,
+    quote_program_output,
     truncate_feedback,
+    unscorable_response,
 )
-from credit_plugin.scorers.sandbox import RunOutcome, Sandbox, SandboxLimits
+from credit_plugin.scorers.sandbox import (
+    BACKENDS,
+    CaseInput,
+    RunOutcome,
+    SandboxError,
+    SandboxLimits,
+    check_backend,
+    run_tests,
+)
 
 SCORE_MODES = ("all", "fraction")
-FLOAT_TOLERANCE = 1e-6
+DEFAULT_FLOAT_TOLERANCE = 1e-6
 FIELD_CHARS = 300
 TRACEBACK_CHARS = 800
 
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_FENCE_TAG = re.compile(r"[ \t]*([A-Za-z0-9_+-]*)")
 _PYTHON_TAGS = ("python", "py", "python3")
 
 
@@ -122,6 +135,26 @@ def parse_tests(ground_truth: Any, extra_info: dict | None = None) -> CodeTests:
     return CodeTests(fn_name, cases)
 
 
+def _fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """``(tag, body)`` of every ````` ``` ````` block, in one left-to-right pass (linear time on any text).
+
+    A block opens at ````` ``` ````` followed by a tag and the rest of its line, and closes at the next
+    ````` ``` ````` or the end of the text.
+    """
+    blocks, position = [], 0
+    while (start := text.find("```", position)) >= 0:
+        newline = text.find("\n", start + 3)
+        if newline < 0:
+            break
+        tag = _FENCE_TAG.match(text, start + 3, newline).group(1)
+        end = text.find("```", newline + 1)
+        blocks.append((tag, text[newline + 1 : end if end >= 0 else len(text)]))
+        if end < 0:
+            break
+        position = end + 3
+    return blocks
+
+
 def extract_code(response: str) -> tuple[str, bool]:
     """The program in a response and whether it came from a fenced block.
 
@@ -129,7 +162,7 @@ def extract_code(response: str) -> tuple[str, bool]:
     whole text after any reasoning. An unclosed last fence (a truncated response) counts as a block.
     """
     text = final_answer_text(response)
-    blocks = _FENCE.findall(text)
+    blocks = _fenced_blocks(text)
     for wanted in (_PYTHON_TAGS, ("",)):
         chosen = [body for tag, body in blocks if tag.lower() in wanted]
         if chosen:
@@ -137,15 +170,27 @@ def extract_code(response: str) -> tuple[str, bool]:
     return text, False
 
 
-def _float(token: str) -> float | None:
+def _number(token: str) -> int | float | None:
+    """A token as an int (digits with an optional sign) or a float, else None."""
+    if token.lstrip("+-").isdigit() and len(token) - len(token.lstrip("+-")) <= 1:
+        return int(token)
     try:
         return float(token)
     except ValueError:
         return None
 
 
-def stdout_matches(expected: str, got: str) -> bool:
-    """Line-wise match ignoring surrounding whitespace, else token-wise with numbers within FLOAT_TOLERANCE."""
+def numbers_match(expected: float, got: float, float_tolerance: float) -> bool:
+    """Integers compare exactly; if either side is a float, within ``float_tolerance`` (relative and absolute)."""
+    if isinstance(expected, bool) or isinstance(got, bool):
+        return expected is got
+    if isinstance(expected, int) and isinstance(got, int):
+        return expected == got
+    return math.isclose(expected, got, rel_tol=float_tolerance, abs_tol=float_tolerance)
+
+
+def stdout_matches(expected: str, got: str, float_tolerance: float = DEFAULT_FLOAT_TOLERANCE) -> bool:
+    """Line-wise match ignoring surrounding whitespace, else token-wise with :func:`numbers_match` for numbers."""
     if [line.strip() for line in expected.strip().splitlines()] == [line.strip() for line in got.strip().splitlines()]:
         return True
     want, have = expected.split(), got.split()
@@ -154,25 +199,24 @@ def stdout_matches(expected: str, got: str) -> bool:
     for w, h in zip(want, have, strict=True):
         if w == h:
             continue
-        fw, fh = _float(w), _float(h)
-        if fw is None or fh is None or not math.isclose(fw, fh, rel_tol=FLOAT_TOLERANCE, abs_tol=FLOAT_TOLERANCE):
+        nw, nh = _number(w), _number(h)
+        if nw is None or nh is None or not numbers_match(nw, nh, float_tolerance):
             return False
     return True
 
 
-def values_match(expected: Any, got: Any) -> bool:
-    """Equality after a JSON round trip (tuples are lists), numbers within FLOAT_TOLERANCE if either is a float."""
+def values_match(expected: Any, got: Any, float_tolerance: float = DEFAULT_FLOAT_TOLERANCE) -> bool:
+    """Equality after a JSON round trip (tuples are lists), numbers by :func:`numbers_match`."""
     numbers = (int, float)
-    if (
-        isinstance(expected, numbers)
-        and isinstance(got, numbers)
-        and (isinstance(expected, float) or isinstance(got, float))
-    ):
-        return math.isclose(expected, got, rel_tol=FLOAT_TOLERANCE, abs_tol=FLOAT_TOLERANCE)
+    if isinstance(expected, numbers) and isinstance(got, numbers):
+        return numbers_match(expected, got, float_tolerance)
     if isinstance(expected, list) and isinstance(got, list):
-        return len(expected) == len(got) and all(values_match(e, g) for e, g in zip(expected, got, strict=True))
+        return len(expected) == len(got) and all(
+            values_match(e, g, float_tolerance) for e, g in zip(expected, got, strict=True)
+        )
     if isinstance(expected, dict) and isinstance(got, dict):
-        return expected.keys() == got.keys() and all(values_match(expected[k], got[k]) for k in expected)
+        same = expected.keys() == got.keys()
+        return same and all(values_match(expected[k], got[k], float_tolerance) for k in expected)
     return expected == got
 
 
@@ -183,45 +227,49 @@ def _show_input(case: CodeCase, fn_name: str | None) -> str:
     return f"Call: {fn_name}({clip(call, FIELD_CHARS)})"
 
 
-def _failure_body(
-    case: CodeCase, fn_name: str | None, outcome: RunOutcome, limits: SandboxLimits, timeout_s: float
-) -> tuple[str, str]:
+def _failure_body(case: CodeCase, fn_name: str | None, outcome: RunOutcome, limits: SandboxLimits) -> tuple[str, str]:
     """(headline, details) of one failed test. ``details`` excludes the input, to spot repeated errors."""
     if outcome.status == "timeout":
-        return f"time limit exceeded ({timeout_s:.3g} s)", ""
+        return f"time limit exceeded ({limits.timeout_s:.3g} s)", ""
     if outcome.status == "output_limit":
         return f"output limit exceeded (more than {limits.max_output_bytes} bytes written)", ""
     if outcome.status == "signal":
         number = -outcome.returncode
         name = signal.Signals(number).name if number in signal.valid_signals() else str(number)
-        return f"the program was killed by signal {name}", clip(outcome.stderr, TRACEBACK_CHARS, keep="tail")
+        return f"the program was killed by signal {name}", _quoted_stderr(outcome)
     if outcome.status == "error":
-        details = clip(outcome.stderr.strip(), TRACEBACK_CHARS, keep="tail") or f"exit code {outcome.returncode}"
-        if "MemoryError" in outcome.stderr:
+        details = _quoted_stderr(outcome) or f"exit code {outcome.returncode}"
+        if "MemoryError" in outcome.stderr[-TRACEBACK_CHARS:]:
             details += f"\n(the memory limit is {limits.memory_limit_mb} MiB)"
         return "runtime error", details
     if case.args is None:
         return "wrong answer", (
             f"Expected output:\n{clip(case.expected.rstrip(), FIELD_CHARS)}\n"
-            f"Your output:\n{clip(outcome.stdout.rstrip(), FIELD_CHARS) or '(nothing)'}"
+            f"Your output:\n{quote_program_output(outcome.stdout.rstrip(), FIELD_CHARS)}"
         )
     if not outcome.returned:
         return "runtime error", f"{fn_name}() did not return (the program exited first)"
     return "wrong answer", (
         f"Expected return value: {clip(json.dumps(case.expected), FIELD_CHARS)}\n"
-        f"Your return value: {clip(json.dumps(outcome.value), FIELD_CHARS)}"
+        f"Your return value:\n{quote_program_output(json.dumps(outcome.value), FIELD_CHARS)}"
     )
 
 
-def _passes(case: CodeCase, outcome: RunOutcome) -> bool:
+def _quoted_stderr(outcome: RunOutcome) -> str:
+    text = outcome.stderr.strip()
+    return quote_program_output(text, TRACEBACK_CHARS, keep="tail") if text else ""
+
+
+def _passes(case: CodeCase, outcome: RunOutcome, float_tolerance: float) -> bool:
     if outcome.status != "ok":
         return False
     if case.args is None:
-        return stdout_matches(case.expected, outcome.stdout)
-    return outcome.returned and values_match(case.expected, outcome.value)
+        return stdout_matches(case.expected, outcome.stdout, float_tolerance)
+    return outcome.returned and values_match(case.expected, outcome.value, float_tolerance)
 
 
 def _compile_error(code: str) -> str | None:
+    """The compile error of ``code`` (bounded by the response size cap before it gets here), or None."""
     try:
         compile(code, "solution.py", "exec")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
@@ -229,13 +277,32 @@ def _compile_error(code: str) -> str | None:
     return None
 
 
-def _check_options(score_mode: str, max_failures: int, total_timeout_s: float) -> None:
+def check_code_options(
+    *,
+    score_mode: str = "all",
+    max_failures: int = 3,
+    total_timeout_s: float = 60.0,
+    float_tolerance: float = DEFAULT_FLOAT_TOLERANCE,
+    sandbox: str = "bwrap",
+    sandbox_fusion_url: str | None = None,
+    probe: bool = True,
+) -> None:
+    """ValueError naming the first invalid option; :class:`SandboxUnavailableError` if ``sandbox`` cannot run
+    (checked only with ``probe``)."""
     if score_mode not in SCORE_MODES:
         raise ValueError(f"score_mode must be one of {SCORE_MODES}, got {score_mode!r}")
     if not isinstance(max_failures, int) or max_failures < 1:
         raise ValueError(f"max_failures must be a positive int, got {max_failures!r}")
     if not isinstance(total_timeout_s, (int, float)) or total_timeout_s <= 0:
         raise ValueError(f"total_timeout_s must be a positive number, got {total_timeout_s!r}")
+    if not isinstance(float_tolerance, (int, float)) or isinstance(float_tolerance, bool) or float_tolerance < 0:
+        raise ValueError(f"float_tolerance must be a number >= 0, got {float_tolerance!r}")
+    if sandbox not in BACKENDS:
+        raise ValueError(f"sandbox must be one of {BACKENDS}, got {sandbox!r}")
+    if (sandbox == "sandbox_fusion") != (sandbox_fusion_url is not None):
+        raise ValueError("sandbox_fusion_url is needed with sandbox=sandbox_fusion and only there")
+    if probe:
+        check_backend(sandbox, sandbox_fusion_url)
 
 
 def score_code(
@@ -248,28 +315,48 @@ def score_code(
     total_timeout_s: float = 60.0,
     memory_limit_mb: int = 1024,
     max_output_bytes: int = 8 * 1024 * 1024,
+    max_processes: int = 16,
     score_mode: str = "all",
     max_failures: int = 3,
+    float_tolerance: float = DEFAULT_FLOAT_TOLERANCE,
+    sandbox: str = "bwrap",
+    sandbox_fusion_url: str | None = None,
 ) -> ScoreResult:
-    """Run the response's program on every test in the sandbox, one fresh process per test.
+    """Run the response's program on every test in one sandbox, one fresh process per test.
 
     Args:
         timeout_s: wall-time limit per test. total_timeout_s: cap for all tests of this response;
-            tests it leaves no time for count as failed.
-        memory_limit_mb, max_output_bytes: per-process limits (see :mod:`credit_plugin.scorers.sandbox`).
+            tests it leaves no time for count as failed. A time-out also stops the run: later tests
+            would most likely time out too, each costing ``timeout_s``.
+        memory_limit_mb, max_output_bytes, max_processes: per-test limits (see
+            :mod:`credit_plugin.scorers.sandbox`).
         score_mode: ``all`` (1.0 only if every test passes, as LiveCodeBench) or ``fraction`` (share of
             tests passed; tests not run count as failed).
-        max_failures: stop after this many failed tests (all of them are described in the feedback).
-            A time-out also stops the run: later tests would most likely time out too, each costing
-            ``timeout_s``.
+        max_failures: how many failed tests the feedback describes; the rest are counted.
+        float_tolerance: relative and absolute tolerance for numbers where either side is a float;
+            integers always compare exactly.
+        sandbox, sandbox_fusion_url: the isolation backend (``bwrap``, ``sandbox_fusion`` with its URL,
+            or ``unsafe_local``); see :mod:`credit_plugin.scorers.sandbox`.
 
     Returns:
         ``acc`` is True iff every test passed; ``feedback`` is ``""`` then, else it reports the failed
         tests (input, expected, got; the error; a time-out) or the compile error.
     """
     check_max_feedback_chars(max_feedback_chars)
-    _check_options(score_mode, max_failures, total_timeout_s)
-    limits = SandboxLimits(timeout_s=timeout_s, memory_limit_mb=memory_limit_mb, max_output_bytes=max_output_bytes)
+    check_code_options(
+        score_mode=score_mode,
+        max_failures=max_failures,
+        total_timeout_s=total_timeout_s,
+        float_tolerance=float_tolerance,
+        sandbox=sandbox,
+        sandbox_fusion_url=sandbox_fusion_url,
+    )
+    limits = SandboxLimits(
+        timeout_s=timeout_s,
+        memory_limit_mb=memory_limit_mb,
+        max_output_bytes=max_output_bytes,
+        max_processes=max_processes,
+    )
     tests = parse_tests(ground_truth, extra_info)
     if not tests.cases:
         raise ValueError("code ground_truth holds no tests")
@@ -278,6 +365,9 @@ def score_code(
         score = passed / len(tests.cases) if score_mode == "fraction" else 0.0
         return ScoreResult(score, False, truncate_feedback(feedback, max_feedback_chars))
 
+    unscorable = unscorable_response(solution_str)
+    if unscorable is not None:
+        return fail(unscorable)
     code, fenced = extract_code(solution_str)
     if not code.strip():
         return fail("The response contains no code to run.")
@@ -286,44 +376,41 @@ def score_code(
         where = "" if fenced else " (no ```python block was found, so the whole response was taken as code)"
         return fail(f"The code does not compile{where}:\n{clip(error, TRACEBACK_CHARS, keep='tail')}")
 
-    deadline = time.monotonic() + total_timeout_s
-    passed, failures, seen_details = 0, [], {}
-    ran, timed_out = 0, False
-    with Sandbox(code, limits) as box:
-        for number, case in enumerate(tests.cases, start=1):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or len(failures) >= max_failures or timed_out:
-                break
-            run_timeout = min(timeout_s, remaining)
-            if case.args is None:
-                outcome = box.run(stdin=case.stdin, timeout_s=run_timeout)
-            else:
-                outcome = box.run(fn_name=tests.fn_name, args=case.args, timeout_s=run_timeout)
-            ran += 1
-            if _passes(case, outcome):
-                passed += 1
-                continue
-            timed_out = outcome.status == "timeout"
-            headline, details = _failure_body(case, tests.fn_name, outcome, limits, run_timeout)
-            text = f"Test {number} failed: {headline}.\n{_show_input(case, tests.fn_name)}"
-            if details and details in seen_details:
-                text += f"\n(same error as test {seen_details[details]})"
-            elif details:
-                seen_details[details] = number
-                text += f"\n{details}"
-            failures.append(text)
+    inputs = [CaseInput(stdin=case.stdin, args=case.args) for case in tests.cases]
+    try:
+        outcomes = run_tests(
+            code, inputs, tests.fn_name, limits, total_timeout_s, sandbox=sandbox, sandbox_fusion_url=sandbox_fusion_url
+        )
+    except SandboxError as exc:
+        # The backend was checked at start-up, so this is the program's doing (it killed the test runner,
+        # forged its report) or a one-off failure; either way this response gets no credit.
+        return fail(f"The test run ended abnormally ({exc}); did the program kill or tamper with other processes?")
+    passed, failures, failed, seen_details = 0, [], 0, {}
+    for number, (case, outcome) in enumerate(zip(tests.cases, outcomes, strict=False), start=1):
+        if _passes(case, outcome, float_tolerance):
+            passed += 1
+            continue
+        failed += 1
+        if len(failures) >= max_failures:
+            continue
+        headline, details = _failure_body(case, tests.fn_name, outcome, limits)
+        text = f"Test {number} failed: {headline}.\n{_show_input(case, tests.fn_name)}"
+        if details and details in seen_details:
+            text += f"\n(same error as test {seen_details[details]})"
+        elif details:
+            seen_details[details] = number
+            text += f"\n{details}"
+        failures.append(text)
 
     if passed == len(tests.cases):
         return ScoreResult(1.0, True, "")
     lines = [f"Passed {passed} of {len(tests.cases)} tests."]
     lines.extend(failures)
-    not_run = len(tests.cases) - ran
+    if failed > len(failures):
+        lines.append(f"{failed - len(failures)} more tests failed.")
+    not_run = len(tests.cases) - len(outcomes)
     if not_run:
-        if timed_out:
-            reason = "after the time-out"
-        elif len(failures) >= max_failures:
-            reason = "after the failures above"
-        else:
-            reason = "as the time budget ran out"
+        timed_out = bool(outcomes) and outcomes[-1].status == "timeout"
+        reason = "after the time-out" if timed_out else "as the time budget ran out"
         lines.append(f"{not_run} more tests were not run {reason}.")
     return fail("\n\n".join(lines), passed)

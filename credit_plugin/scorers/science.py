@@ -11,6 +11,8 @@ match of the first rule that matches winning:
    (so the article "A" and the pronoun "I" in prose are skipped).
 
 Options are the letters A to J. Feedback never names the correct option unless ``reveal_answer``.
+Parsing takes linear time in the response's length (no pattern here can backtrack over a run of text
+more than once); non-text and over-long responses score 0 without being parsed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from credit_plugin.scorers.result import (
     check_max_feedback_chars,
     final_answer_text,
     truncate_feedback,
+    unscorable_response,
 )
 
 OPTION_LETTERS = "ABCDEFGHIJ"
@@ -32,14 +35,33 @@ _ANY_CASE = f"[{OPTION_LETTERS}{OPTION_LETTERS.lower()}]"
 # An explicit letter: a capital, or either case inside brackets (a bare lower-case letter is usually a word).
 _EXPLICIT = rf"(?:\(({_ANY_CASE})\)|\[({_ANY_CASE})\]|({_UPPER})(?![A-Za-z0-9]))"
 
-_BOXED = re.compile(r"\\boxed\s*\{((?:[^{}]|\{[^{}]*\})*)\}")
-_LEADING_LETTER = re.compile(rf"^[\s*]*(?:\\text\{{)?\s*[(\[]?({_ANY_CASE})(?![A-Za-z0-9])")
+_BOXED = re.compile(r"\\boxed\s*\{")
+_LEADING_LETTER = re.compile(rf"^[\s*]*(?:\\text\{{\s*)?[(\[]?({_ANY_CASE})(?![A-Za-z0-9])")
+# Each whitespace run is matched by one quantifier only (no two adjacent ones share characters), so a
+# failed match backtracks over a run at most once.
 _STATEMENT = re.compile(
     r"(?i:final\s+answer|answer|correct\s+(?:option|choice)|(?:best|right)\s+(?:option|choice))"
-    r"(?:\s+(?i:is|would\s+be|will\s+be))?\s*[:=]?\s*(?i:option|choice)?[\s*_]*" + _EXPLICIT
+    r"(?:\s+(?i:is|would\s+be|will\s+be)(?![A-Za-z]))?[\s*_:=]*(?:(?i:option|choice)[\s*_]*)?" + _EXPLICIT
 )
 _ONLY_LETTER = re.compile(rf"^[\s*]*[(\[]?({_ANY_CASE})[)\].:]?[\s*]*$")
 _STANDALONE = re.compile(rf"(?<![A-Za-z0-9])(\()?({_UPPER})(\))?(?![A-Za-z0-9])")
+_NEXT_VISIBLE = re.compile(r"\s*(\S?)")
+
+
+def _boxed_contents(text: str) -> list[str]:
+    """The content of every ``\\boxed{...}`` with balanced braces, in order; one pass over the text."""
+    closing, stack = {}, []
+    for index, char in enumerate(text):
+        if char == "{":
+            stack.append(index)
+        elif char == "}" and stack:
+            closing[stack.pop()] = index
+    contents = []
+    for match in _BOXED.finditer(text):
+        opening = match.end() - 1
+        if opening in closing:
+            contents.append(text[opening + 1 : closing[opening]])
+    return contents
 
 
 def _first_group(match: re.Match) -> str:
@@ -65,7 +87,7 @@ def normalize_option(ground_truth: Any) -> str:
 def extract_option(response: str) -> str | None:
     """The chosen option letter of a free-text response (rules in the module docstring), or None."""
     text = final_answer_text(response)
-    for boxed in reversed(_BOXED.findall(text)):
+    for boxed in reversed(_boxed_contents(text)):
         match = _LEADING_LETTER.match(boxed)
         if match is not None:
             return match.group(1).upper()
@@ -77,8 +99,8 @@ def extract_option(response: str) -> str | None:
         return only.group(1).upper()
     for match in reversed(list(_STANDALONE.finditer(text))):
         opened, letter, closed = match.groups()
-        rest = text[match.end() :].lstrip()
-        if (opened and closed) or not rest[:1].islower():
+        following = _NEXT_VISIBLE.match(text, match.end()).group(1)
+        if (opened and closed) or not following.islower():
             return letter
     return None
 
@@ -99,6 +121,9 @@ def score_science(
     """
     check_max_feedback_chars(max_feedback_chars)
     correct = normalize_option(ground_truth)
+    unscorable = unscorable_response(solution_str)
+    if unscorable is not None:
+        return ScoreResult(0.0, False, truncate_feedback(unscorable, max_feedback_chars))
     chosen = extract_option(solution_str)
     if chosen is None:
         return ScoreResult(0.0, False, truncate_feedback(NO_OPTION_FEEDBACK, max_feedback_chars))

@@ -14,6 +14,10 @@ and case, numbers and numeric strings as numbers, lists and objects element-wise
 call matches. Feedback names the mismatch (unparsable JSON, wrong tool, missing / unexpected / wrong
 argument, wrong number of calls); the reference tool name and argument values appear only if
 ``reveal_answer``.
+
+Parsing is bounded: non-text and over-long responses score 0 unparsed, no pattern backtracks over a
+run of text more than once, JSON decoding attempts share a budget proportional to the response's
+length, and JSON nested deeper than MAX_JSON_DEPTH is rejected.
 """
 
 from __future__ import annotations
@@ -30,13 +34,18 @@ from credit_plugin.scorers.result import (
     clip,
     final_answer_text,
     truncate_feedback,
+    unscorable_response,
 )
 
-_ACTION = re.compile(r"^[ \t*]*Action[ \t*]*:[ \t*]*(.+?)[ \t*]*$", re.MULTILINE)
+_ACTION = re.compile(r"^[ \t*]*Action[ \t*]*:(.*)$", re.MULTILINE)
 _ACTION_INPUT = re.compile(r"\s*[*]*Action[ \t]+Input[ \t*]*:[ \t*]*")
+_FENCE_START = re.compile(r"\s*```(?:json)?\s*")
 _TOOL_CALL_TAG = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
 _DECODER = json.JSONDecoder()
 VALUE_CHARS = 200
+MAX_JSON_DEPTH = 32
+# Characters that JSON decoding may scan per character of the response, over all attempts together.
+DECODE_BUDGET_PER_CHAR = 8
 
 NO_CALL_FEEDBACK = (
     "No tool call was found in the response. Call a tool as\n"
@@ -53,8 +62,72 @@ class ToolCall:
     error: str = ""
 
 
-def _strip_fence(text: str) -> str:
-    return re.sub(r"^\s*```(?:json)?\s*", "", text)
+def _skip_fence(text: str, position: int) -> int:
+    """Where JSON starts at ``position``: after an opening ```json fence if there is one."""
+    fence = _FENCE_START.match(text, position)
+    return fence.end() if fence else position
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a decoded JSON value (iterative: a deep value cannot exhaust the stack here)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth <= MAX_JSON_DEPTH and isinstance(item, (list, dict)):
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+class _Decoder:
+    """``raw_decode`` at any position in linear time overall.
+
+    JSON errors cost time proportional to their position in the decoded string (the error counts the
+    lines before it), so each attempt decodes a window starting at its position, doubled while the
+    decoder runs into the window's end; all attempts share a budget of scanned characters.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.budget = DECODE_BUDGET_PER_CHAR * len(text) + 10_000
+
+    def decode(self, position: int) -> tuple[Any, int]:
+        """The JSON value at ``position`` and where it ends; ValueError if invalid, too deep or out of budget."""
+        window = 256
+        while True:
+            if self.budget <= 0:
+                raise ValueError("the response holds too much malformed JSON to parse")
+            chunk = self.text[position : position + window]
+            self.budget -= len(chunk)
+            complete = position + window >= len(self.text)
+            try:
+                value, end = _DECODER.raw_decode(chunk)
+            except json.JSONDecodeError as exc:
+                ran_out = exc.pos >= len(chunk) - 1 or exc.msg.startswith("Unterminated string")
+                if complete or not ran_out:
+                    raise
+                window *= 2
+                continue
+            except RecursionError:
+                raise ValueError("the JSON is nested too deeply") from None
+            if not complete and end == len(chunk):
+                # A number may continue past the window ("12" of "123"): decode a wider window.
+                window *= 2
+                continue
+            if _depth(value) > MAX_JSON_DEPTH:
+                raise ValueError(f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+            return value, position + end
+
+
+def _loads(text: str) -> Any:
+    """``json.loads`` with the same depth limit as :class:`_Decoder` (for text already bounded in size)."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
 
 
 def _call_from_object(obj: Any) -> ToolCall | None:
@@ -69,7 +142,7 @@ def _call_from_object(obj: Any) -> ToolCall | None:
     arguments = obj.get("arguments", obj.get("parameters"))
     if isinstance(arguments, str):
         try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
+            arguments = _loads(arguments) if arguments.strip() else {}
         except ValueError as exc:
             return ToolCall(name, {}, f"its arguments string is not valid JSON ({exc})")
     if arguments is None:
@@ -85,21 +158,24 @@ def _calls_from_value(value: Any) -> list[ToolCall]:
 
 
 def _react_calls(text: str) -> list[ToolCall]:
-    calls = []
+    calls, decoder = [], _Decoder(text)
     for action in _ACTION.finditer(text):
-        name = action.group(1).strip("`'\" ")
+        name = action.group(1).strip(" \t*`'\"")
+        if not name:
+            continue
         follow = _ACTION_INPUT.match(text, action.end())
         if follow is None:
             calls.append(ToolCall(name, {}, "no 'Action Input:' line follows it"))
             continue
-        rest = _strip_fence(text[follow.end() :])
+        start = _skip_fence(text, follow.end())
+        shown = clip(text[start : start + VALUE_CHARS + 1], VALUE_CHARS)
         try:
-            arguments, _ = _DECODER.raw_decode(rest)
+            arguments, _ = decoder.decode(start)
         except ValueError as exc:
-            calls.append(ToolCall(name, {}, f"its Action Input is not valid JSON ({exc}): {clip(rest, VALUE_CHARS)}"))
+            calls.append(ToolCall(name, {}, f"its Action Input is not valid JSON ({exc}): {shown}"))
             continue
         if not isinstance(arguments, dict):
-            calls.append(ToolCall(name, {}, f"its Action Input is not a JSON object: {clip(rest, VALUE_CHARS)}"))
+            calls.append(ToolCall(name, {}, f"its Action Input is not a JSON object: {shown}"))
             continue
         calls.append(ToolCall(name, arguments))
     return calls
@@ -111,25 +187,37 @@ def _json_calls(text: str) -> tuple[list[ToolCall], str]:
     if tagged:
         calls, errors = [], []
         for body in tagged:
+            inner = body.strip()
+            inner = inner[_skip_fence(inner, 0) :].removesuffix("```")
             try:
-                value = json.loads(_strip_fence(body).strip().removesuffix("```"))
+                value = _loads(inner)
             except ValueError as exc:
-                errors.append(f"a <tool_call> block is not valid JSON ({exc}): {clip(body.strip(), VALUE_CHARS)}")
+                shown = clip(body.strip()[: VALUE_CHARS + 1], VALUE_CHARS)
+                errors.append(f"a <tool_call> block is not valid JSON ({exc}): {shown}")
                 continue
             calls.extend(_calls_from_value(value))
         return calls, errors[0] if errors else ""
 
-    calls, error, position = [], "", 0
+    calls, error, decoder = [], "", _Decoder(text)
+    # The next "{" and "[" at or after ``position``, each searched again only once passed (linear overall).
+    next_brace, next_bracket, position = text.find("{"), text.find("["), 0
     while True:
-        starts = [i for i in (text.find("{", position), text.find("[", position)) if i >= 0]
+        if 0 <= next_brace < position:
+            next_brace = text.find("{", position)
+        if 0 <= next_bracket < position:
+            next_bracket = text.find("[", position)
+        starts = [i for i in (next_brace, next_bracket) if i >= 0]
         if not starts:
             return calls, error
         start = min(starts)
         try:
-            value, end = _DECODER.raw_decode(text, start)
+            value, end = decoder.decode(start)
         except ValueError as exc:
+            if decoder.budget <= 0:
+                return calls, error or str(exc)
             if not error and '"name"' in text[start : start + 200]:
-                error = f"a tool call is not valid JSON ({exc}): {clip(text[start:], VALUE_CHARS)}"
+                shown = clip(text[start : start + VALUE_CHARS + 1], VALUE_CHARS)
+                error = f"a tool call is not valid JSON ({exc}): {shown}"
             position = start + 1
             continue
         calls.extend(_calls_from_value(value))
@@ -150,7 +238,7 @@ def parse_reference_calls(ground_truth: Any) -> list[ToolCall]:
     value = ground_truth.tolist() if hasattr(ground_truth, "tolist") else ground_truth
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = _loads(value)
         except ValueError:
             calls, error = parse_tool_calls(value)
             if error or not calls or any(call.error for call in calls):
@@ -220,6 +308,9 @@ def score_tool_use(
     """
     check_max_feedback_chars(max_feedback_chars)
     reference = parse_reference_calls(ground_truth)
+    unscorable = unscorable_response(solution_str)
+    if unscorable is not None:
+        return ScoreResult(0.0, False, truncate_feedback(unscorable, max_feedback_chars))
     calls, parse_error = parse_tool_calls(solution_str)
     if not calls:
         feedback = f"No tool call could be parsed: {parse_error}" if parse_error else NO_CALL_FEEDBACK
