@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+
 import pytest
 from hydra import compose, initialize_config_dir
 from verl.trainer.ppo.utils import Role
+from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
 from credit_plugin.config import CONFIG_DIR, CreditConfig
 from credit_plugin.trainer import CreditTrainer
 from credit_plugin.workers import CreditActorRolloutRefWorker
+
+# The upstream method CreditTrainer._compute_advantage mirrors (kept in the fast suite: no Ray needed).
+UPSTREAM_COMPUTE_ADVANTAGE_SHA256 = "2a4a2aa4a475b228d401959818e0b9019276ce27961c133961de217baa387da7"
+
+
+def test_upstream_compute_advantage_is_the_one_the_trainer_mirrors():
+    source = inspect.getsource(PPOTrainer._compute_advantage)
+    assert hashlib.sha256(source.encode()).hexdigest() == UPSTREAM_COMPUTE_ADVANTAGE_SHA256, (
+        "verl's PPOTrainer._compute_advantage changed: re-read CreditTrainer._compute_advantage against it"
+    )
 
 
 def _config(*overrides: str):
