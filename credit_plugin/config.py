@@ -16,6 +16,8 @@ CONFIG_DIR = str(Path(__file__).parent / "conf")
 GRANULARITIES = ("token", "logit")
 TEACHERS = ("frozen", "current", "ema", "trust_region")
 TRUNCATION_SIDES = ("left", "right", "error")
+# Options that verl already has: one setting, read where verl reads it.
+VERL_OPTIONS = {"norm_adv_by_std_in_grpo": "algorithm.norm_adv_by_std_in_grpo"}
 
 DEFAULT_REPROMPT_TEMPLATE = "{prompt}{solution}{feedback}\n\nCorrectly solve the original question."
 DEFAULT_SOLUTION_TEMPLATE = "\nCorrect solution:\n\n{successful_previous_attempt}\n\n"
@@ -39,7 +41,6 @@ class CreditConfig:
     alpha: float = 0.5
     is_clip: float | None = 2.0
     outcome_mix: float = 0.0
-    norm_adv_by_std_in_grpo: bool = True
     teacher: str = "ema"
     teacher_update_rate: float = 0.05
     success_threshold: float = 0.5
@@ -101,6 +102,8 @@ class CreditConfig:
         section = dict(section or {})
         known = {f.name for f in fields(cls)}
         for key in section:
+            if key in VERL_OPTIONS:
+                raise ValueError(f"credit.{key} is verl's option: set {VERL_OPTIONS[key]} instead")
             if key not in known:
                 close = difflib.get_close_matches(key, sorted(known), n=1)
                 hint = f"; did you mean credit.{close[0]}?" if close else f"; known options: {sorted(known)}"
