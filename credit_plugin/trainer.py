@@ -15,6 +15,7 @@ estimator through verl's ``compute_advantage``. Which call scores the teacher (:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import numpy as np
 import ray
 import torch
 import transfer_queue as tq
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.protocol import DataProto
@@ -86,23 +87,37 @@ def _feedback_of(data: TensorDict, size: int) -> list[str | None]:
     return feedback
 
 
+def credit_options(config: DictConfig) -> CreditConfig:
+    """The ``credit:`` options a run acts on; ``adv_estimator=sdpo`` means ``contrast_coef=0`` everywhere,
+    so the teacher pass scores one variant per sample (no negatives), as the estimator uses."""
+    credit = CreditConfig.from_dict(config.get("credit"))
+    estimator = str(config.algorithm.adv_estimator)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"trainer_mode=credit needs algorithm.adv_estimator in {ESTIMATORS}, got {estimator!r}")
+    if credit.granularity != "token":
+        raise NotImplementedError("credit.granularity=logit is not wired into the trainer yet; use token")
+    return dataclasses.replace(credit, contrast_coef=0.0) if estimator == "sdpo" else credit
+
+
 @register_trainer("credit")
 class CreditTrainer(PPOTrainerSync):
     """verl's ``PPOTrainerSync`` with CREDIT's teacher pass before the advantage estimator."""
 
     def __init__(self, config: DictConfig):
         assert_registered()
-        self.credit = CreditConfig.from_dict(config.get("credit"))
-        estimator = str(config.algorithm.adv_estimator)
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"trainer_mode=credit needs algorithm.adv_estimator in {ESTIMATORS}, got {estimator!r}")
-        if self.credit.granularity != "token":
-            raise NotImplementedError("credit.granularity=logit is not wired into the trainer yet; use token")
-        # The base class compares the mode with "sync" in several places (replay buffer, dataloader,
-        # checkpoints): registered under another name it would silently get async semantics.
-        with open_dict(config):
-            config.trainer.v1.trainer_mode = "sync"
+        self.credit = credit_options(config)
         super().__init__(config)
+
+    # The base class reads ``trainer_mode`` from the config and compares it with "sync" in several places
+    # (replay buffer, dataloader, checkpoints): registered as "credit" it would silently get async
+    # semantics. This attribute answers "sync" while the config (logged, saved) keeps what the user set.
+    @property
+    def trainer_mode(self) -> str:
+        return "sync"
+
+    @trainer_mode.setter
+    def trainer_mode(self, value: str) -> None:
+        """verl's ``__init__`` assigns the configured name (``credit``); the sync semantics stay."""
 
     # ------------------------------------------------------------------ workers
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 import hashlib
 import inspect
 
+import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from verl.trainer.ppo.utils import Role
+from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
 from credit_plugin.config import CONFIG_DIR, CreditConfig
-from credit_plugin.trainer import CreditTrainer
+from credit_plugin.teacher import build_teacher_batch
+from credit_plugin.trainer import CreditTrainer, credit_options
 from credit_plugin.workers import CreditActorRolloutRefWorker
 
 # The upstream method CreditTrainer._compute_advantage mirrors (kept in the fast suite: no Ray needed).
@@ -89,3 +93,30 @@ def test_frozen_teacher_without_the_hybrid_engine_needs_verls_ref_worker(monkeyp
         _worker_mapping("credit.teacher=frozen")
     trainer = _worker_mapping("credit.teacher=frozen", "actor_rollout_ref.actor.use_kl_loss=true")
     assert set(trainer.role_worker_mapping) == {Role.Actor, Role.RefPolicy}
+
+
+def test_config_keeps_what_the_user_set_while_the_trainer_runs_sync():
+    config = _config()
+    trainer = CreditTrainer(config)
+    assert config.trainer.v1.trainer_mode == "credit", "the logged and saved config shows the user's setting"
+    assert trainer.trainer_mode == "sync"
+    assert type(trainer.replay_buffer) is ReplayBuffer, "sync semantics: not verl's async replay buffer"
+
+
+def test_sdpo_estimator_scores_one_variant_per_sample_even_with_one_prompt_group(tokenizer):
+    options = credit_options(_config("algorithm.adv_estimator=sdpo", "credit.contrast_coef=1.0"))
+    assert options.contrast_coef == 0 and options.is_sdpo
+    assert credit_options(_config("credit.contrast_coef=0.5")).contrast_coef == 0.5
+    # one prompt group: CREDIT could draw no negative, SDPO needs none
+    response = torch.tensor(tokenizer.encode("Answer: 5"))
+    batch = build_teacher_batch(
+        raw_prompt=[[{"role": "user", "content": "What is 2 + 3?"}]] * 2,
+        responses=[response, response],
+        response_mask=[torch.ones_like(response)] * 2,
+        uid=np.array(["a", "a"], dtype=object),
+        scores=[1.0, 0.0],
+        feedback=None,
+        tokenizer=tokenizer,
+        config=options,
+    )
+    assert batch.num_negatives == 0 and batch.num_rows == 2
