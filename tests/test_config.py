@@ -16,7 +16,7 @@ def test_defaults_are_the_method_defaults():
     assert (config.contrast_coef, config.num_negatives, config.negative_aggregate) == (1.0, 1, "mean")
     assert (config.granularity, config.topk, config.outcome_mix) == ("token", 100, 0.0)
     assert (config.teacher, config.teacher_update_rate, config.success_threshold) == ("ema", 0.05, 0.5)
-    assert config.max_reprompt_len == 10240 and config.is_clip == 2.0
+    assert config.max_reprompt_len == 10240 and config.is_clip is None
     assert config.reprompt_template == "{prompt}{solution}{feedback}\n\nCorrectly solve the original question."
     assert not config.is_sdpo and CreditConfig(contrast_coef=0).is_sdpo
 
@@ -79,7 +79,7 @@ COMMAND_LINE_VALUES = {
     "topk": ("20", 20),
     "distillation_add_tail": ("false", False),
     "alpha": ("0.25", 0.25),
-    "is_clip": ("3.0", 3.0),
+    "is_clip": ("2.0", 2.0),
     "outcome_mix": ("0.1", 0.1),
     "teacher": ("frozen", "frozen"),
     "teacher_update_rate": ("0.2", 0.2),
@@ -108,3 +108,12 @@ def test_every_option_is_settable_from_the_command_line():
     credit = CreditConfig.from_dict(config.credit)
     for name, (_, value) in COMMAND_LINE_VALUES.items():
         assert getattr(credit, name) == value, name
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("topk", 20), ("alpha", 0.1), ("distillation_add_tail", False), ("is_clip", 2.0)]
+)
+def test_logit_only_options_are_refused_with_token_granularity(option, value):
+    with pytest.raises(ValueError, match=f"credit.{option} acts only with credit.granularity=logit"):
+        CreditConfig.from_dict({option: value})
+    assert getattr(CreditConfig.from_dict({option: value, "granularity": "logit"}), option) == value
