@@ -280,13 +280,15 @@ class CreditTrainer(PPOTrainerSync):
             if b["contrast_log_probs"].shape[1] > 0:
                 baseline = contrastive_baseline(b["contrast_log_probs"], mask, self.credit.negative_aggregate)
                 metrics["credit/baseline_mean"] = baseline.sum(-1)[context].mean().item()
-                contrast_gap = (b["teacher_log_probs"] - b["contrast_log_probs"].mean(1)) * mask
+                contrast_gap = torch.where(mask.bool(), b["teacher_log_probs"] - baseline, 0.0)
                 metrics["credit/contrast_gap_mean"] = contrast_gap.sum(-1)[context].mean().item()
         # Rows without context were scored under their original prompt: a ``current`` teacher must
         # reproduce ``old_log_probs`` there (a check of the layout); other teachers show their drift.
         plain = (~context) & (b["response_mask"].sum(-1) > 0) & is_real
         if plain.any():
-            gap = ((b["teacher_log_probs"] - b["old_log_probs"]).abs() * b["response_mask"])[plain]
+            gap = torch.where(b["response_mask"].bool(), (b["teacher_log_probs"] - b["old_log_probs"]).abs(), 0.0)[
+                plain
+            ]
             metrics["credit/teacher_sanity_gap"] = (gap.sum() / b["response_mask"][plain].sum()).item()
 
     # ------------------------------------------------------------- advantages

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from verl.protocol import DataProto
 from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 from verl.trainer.ppo.v1.trainer_base import PPOTrainer
@@ -120,3 +121,31 @@ def test_sdpo_estimator_scores_one_variant_per_sample_even_with_one_prompt_group
         config=options,
     )
     assert batch.num_negatives == 0 and batch.num_rows == 2
+
+
+@pytest.mark.parametrize("aggregate", ["mean", "logmeanexp"])
+def test_teacher_metrics_are_finite_and_the_contrast_gap_follows_the_aggregate(aggregate):
+    gen = torch.Generator().manual_seed(0)
+    response_mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    teacher = -torch.rand(3, 3, generator=gen)
+    contrast = -torch.rand(3, 2, 3, generator=gen) * 2
+    old = -torch.rand(3, 3, generator=gen)
+    teacher[0, 2] = contrast[1, :, 1] = old[1, 2] = -float("inf")  # masked positions
+    data = DataProto.from_dict(
+        tensors={
+            "response_mask": response_mask,
+            "teacher_log_probs": teacher,
+            "contrast_log_probs": contrast,
+            "old_log_probs": old,
+            "self_distillation_mask": torch.tensor([1.0, 1.0, 0.0]),
+        }
+    )
+    trainer = CreditTrainer.__new__(CreditTrainer)
+    trainer.credit = CreditConfig(negative_aggregate=aggregate)
+    metrics = {}
+    trainer._teacher_metrics(data, torch.tensor([True, True, True]), metrics)
+    assert all(np.isfinite(value) for value in metrics.values()), metrics
+    finite = torch.where(response_mask.bool()[:, None], contrast, 0.0)
+    baseline = finite.mean(1) if aggregate == "mean" else finite.logsumexp(1) - np.log(2)
+    gap = (torch.where(response_mask.bool(), teacher - baseline, 0.0)).sum(-1)[:2].mean()
+    assert metrics["credit/contrast_gap_mean"] == pytest.approx(gap.item(), abs=1e-6)
