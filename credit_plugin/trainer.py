@@ -99,6 +99,30 @@ def credit_options(config: DictConfig) -> CreditConfig:
     return dataclasses.replace(credit, contrast_coef=0.0) if estimator == "sdpo" else credit
 
 
+def context_loss_scale(response_mask: torch.Tensor, self_distillation_mask: torch.Tensor, loss_agg_mode: str) -> float:
+    """Factor that turns verl's loss aggregation over all samples into SDPO's over samples with a context.
+
+    Args:
+        response_mask: shape (B, T), the real rows of the step.
+        self_distillation_mask: shape (B,), 1 where the sample has a teacher context.
+        loss_agg_mode: the actor's ``loss_agg_mode``.
+
+    Returns:
+        ``token-mean``: response tokens / response tokens with context; ``seq-mean-*``: sequences / sequences
+        with context; ``token-sum`` (no denominator), or no sample with context: 1. Per step: with several
+        mini-batches per step verl normalises each by its own count, so the match is of the step's average.
+    """
+    context = self_distillation_mask.bool()
+    if loss_agg_mode == "token-mean":
+        total, kept = response_mask.sum(), response_mask[context].sum()
+    elif loss_agg_mode.startswith("seq-mean"):
+        rows = response_mask.sum(-1) > 0
+        total, kept = rows.sum(), (rows & context).sum()
+    else:
+        return 1.0
+    return float(total / kept) if kept > 0 else 1.0
+
+
 @register_trainer("credit")
 class CreditTrainer(PPOTrainerSync):
     """verl's ``PPOTrainerSync`` with CREDIT's teacher pass before the advantage estimator."""
@@ -293,6 +317,26 @@ class CreditTrainer(PPOTrainerSync):
 
     # ------------------------------------------------------------- advantages
 
+    def _scale_to_context_mean(self, data: DataProto, is_real: torch.BoolTensor, metrics: dict) -> None:
+        """SDPO averages its loss over samples with a teacher context; verl's actor loss over every sample.
+
+        Without ``outcome_mix`` the samples without context have advantage 0 and add nothing but their count
+        to verl's denominator; multiplying the advantages by :func:`context_loss_scale` (a positive factor,
+        which PPO's clipped objective is linear in) makes the update SDPO's. With ``outcome_mix > 0`` the
+        GRPO term acts on every sample and verl's denominator (all response tokens) stays.
+        """
+        scale = 1.0
+        if self.credit.outcome_mix == 0:
+            b = data.batch
+            scale = context_loss_scale(
+                b["response_mask"][is_real],
+                b["self_distillation_mask"][is_real],
+                self.config.actor_rollout_ref.actor.loss_agg_mode,
+            )
+            b["advantages"] = b["advantages"] * scale
+            b["returns"] = b["returns"] * scale
+        metrics["credit/loss_scale"] = scale
+
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         """verl's ``PPOTrainer._compute_advantage`` with the teacher fields added to the batch.
 
@@ -342,6 +386,8 @@ class CreditTrainer(PPOTrainerSync):
             norm_adv_by_std_in_grpo=self.config.algorithm.get("norm_adv_by_std_in_grpo", True),
             config=self.credit,
         )
+
+        self._scale_to_context_mean(data, is_real, metrics)
 
         fields = ["advantages", "returns"]
         if self.config.algorithm.use_kl_in_reward:

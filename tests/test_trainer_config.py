@@ -13,10 +13,13 @@ from verl.protocol import DataProto
 from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+from verl.utils import tensordict_utils as tu
+from verl.utils.config import omega_conf_to_dataclass
+from verl.workers.utils.losses import ppo_loss
 
 from credit_plugin.config import CONFIG_DIR, CreditConfig
 from credit_plugin.teacher import build_teacher_batch
-from credit_plugin.trainer import CreditTrainer, credit_options
+from credit_plugin.trainer import CreditTrainer, context_loss_scale, credit_options
 from credit_plugin.workers import CreditActorRolloutRefWorker
 
 # The upstream method CreditTrainer._compute_advantage mirrors (kept in the fast suite: no Ray needed).
@@ -149,3 +152,74 @@ def test_teacher_metrics_are_finite_and_the_contrast_gap_follows_the_aggregate(a
     baseline = finite.mean(1) if aggregate == "mean" else finite.logsumexp(1) - np.log(2)
     gap = (torch.where(response_mask.bool(), teacher - baseline, 0.0)).sum(-1)[:2].mean()
     assert metrics["credit/contrast_gap_mean"] == pytest.approx(gap.item(), abs=1e-6)
+
+
+def _nested(rows: list[torch.Tensor]) -> torch.Tensor:
+    return torch.nested.as_nested_tensor(rows, layout=torch.jagged)
+
+
+def _verl_pg_loss(advantages: torch.Tensor, response_mask: torch.Tensor, delta: torch.Tensor, agg: str) -> float:
+    """verl's actor loss (``losses.ppo_loss``) on one mini-batch, with the token count its engine computes
+    from ``loss_mask`` (the response mask, as verl's agent loop stores it)."""
+    config = _config(f"actor_rollout_ref.actor.loss_agg_mode={agg}", "actor_rollout_ref.actor.use_dynamic_bsz=true")
+    actor = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
+    lengths = response_mask.sum(-1).long().tolist()
+    gen = torch.Generator().manual_seed(3)
+    old = -torch.rand(response_mask.shape, generator=gen)
+    rows = range(len(lengths))
+    data = tu.get_tensordict(
+        {
+            "prompts": _nested([torch.ones(2, dtype=torch.long)] * len(lengths)),
+            "responses": _nested([torch.ones(n, dtype=torch.long) for n in lengths]),
+            "response_mask": _nested([torch.ones(n, dtype=torch.long) for n in lengths]),
+            "old_log_probs": _nested([old[i, : lengths[i]] for i in rows]),
+            "advantages": _nested([advantages[i, : lengths[i]] for i in rows]),
+        },
+        non_tensor_dict={"dp_size": 1, "batch_num_tokens": int(response_mask.sum()), "global_batch_size": len(lengths)},
+    )
+    # model output over prompt ++ response: position p predicts token p + 1
+    log_probs = [
+        torch.cat([torch.zeros(1), old[i, : lengths[i]] + delta[i, : lengths[i]], torch.zeros(1)]) for i in rows
+    ]
+    loss, metrics = ppo_loss(actor, {"log_probs": _nested(log_probs)}, data)
+    return float(loss)
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_distillation_loss_averages_over_samples_with_context_as_sdpo(agg):
+    response_mask = torch.tensor([[1.0, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    context = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    gen = torch.Generator().manual_seed(0)
+    advantages = torch.randn(response_mask.shape, generator=gen) * response_mask * context[:, None]
+    delta = torch.randn(response_mask.shape, generator=gen) * 0.05  # ratios inside PPO's clip
+    per_token = -advantages * delta.exp()
+    kept = response_mask * context[:, None]
+    if agg == "token-mean":  # SDPO: mean over the tokens of samples with a teacher context
+        sdpo = (per_token * kept).sum() / kept.sum()
+    else:
+        sdpo = ((per_token * kept).sum(-1) / response_mask.sum(-1))[context.bool()].mean()
+    scale = context_loss_scale(response_mask, context, agg)
+    assert scale > 1
+    assert _verl_pg_loss(advantages * scale, response_mask, delta, agg) == pytest.approx(sdpo.item(), rel=1e-5)
+    assert _verl_pg_loss(advantages, response_mask, delta, agg) != pytest.approx(sdpo.item(), rel=1e-3)
+
+
+def test_loss_scale_only_without_outcome_mix():
+    b = {
+        "response_mask": torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]]),
+        "self_distillation_mask": torch.tensor([1.0, 0.0, 0.0]),
+        "advantages": torch.ones(3, 2),
+        "returns": torch.ones(3, 2),
+    }
+    for mix, expected in ((0.0, 5 / 2), (0.3, 1.0)):
+        trainer = CreditTrainer.__new__(CreditTrainer)
+        trainer.config, trainer.credit = _config(), CreditConfig(outcome_mix=mix)
+        data = DataProto.from_dict(tensors={key: value.clone() for key, value in b.items()})
+        metrics = {}
+        trainer._scale_to_context_mean(data, torch.tensor([True, True, True]), metrics)
+        # with a mix, the GRPO term acts on every sample: verl's denominator (all response tokens) stays
+        assert metrics["credit/loss_scale"] == pytest.approx(expected)
+        torch.testing.assert_close(data.batch["advantages"], torch.full((3, 2), expected))
+    # padding rows (verl's balance padding) do not count
+    assert context_loss_scale(b["response_mask"][:1], b["self_distillation_mask"][:1], "token-mean") == 1.0
+    assert context_loss_scale(b["response_mask"], b["self_distillation_mask"], "token-sum") == 1.0

@@ -194,9 +194,14 @@ def _run_compute_advantage(trainer: CreditTrainer, worker_group, method: str, pr
     return stored["advantages"].unbind(), metrics, calls
 
 
-def _assert_rows_close(got_rows, expected) -> None:
+def _assert_rows_close(got_rows, expected, loss_scale: float) -> None:
+    """``loss_scale``: the trainer scales the advantages so that verl's loss averages over samples with a
+    teacher context (SDPO's normalisation): all response tokens / those of samples with a context."""
+    with_context = [want for want in expected if want.abs().sum() > 0]
+    tokens = sum(len(want) for want in expected) / sum(len(want) for want in with_context)
+    assert loss_scale == pytest.approx(tokens)
     for row, (got, want) in enumerate(zip(got_rows, expected, strict=True)):
-        torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-4, msg=f"sample {row}")
+        torch.testing.assert_close(got.double(), want * loss_scale, rtol=0, atol=1e-4, msg=f"sample {row}")
 
 
 @pytest.mark.parametrize("teacher", ["frozen", "current"])
@@ -208,7 +213,8 @@ def test_compute_advantage_equals_the_credit_formula(stack, model_dir, tokenizer
 
     assert calls == [(1 + K) * len(SAMPLES)], "all 1+K variants of every sample in one worker call"
     uids = np.array([f"{teacher}-{group}" for group, *_ in SAMPLES], dtype=object)
-    _assert_rows_close(advantages, _expected_advantages(model_dir, tokenizer, trainer.credit, uids))
+    expected = _expected_advantages(model_dir, tokenizer, trainer.credit, uids)
+    _assert_rows_close(advantages, expected, metrics["credit/loss_scale"])
     assert metrics["credit/teacher/context_fraction"] == pytest.approx(3 / 6)
     assert set(metrics) >= {"credit/pmi_mean", "credit/baseline_mean", "credit/contrast_gap_mean"}
     # Rows without a teacher context were scored under their original prompt by unchanged weights.
@@ -243,7 +249,8 @@ def test_trust_region_teacher_mixes_frozen_and_current_logits(stack, model_dir, 
         return torch.lerp(response_logits(frozen, prompt, response), response_logits(actor, prompt, response), TAU)
 
     uids = np.array([f"trust-{group}" for group, *_ in SAMPLES], dtype=object)
-    _assert_rows_close(advantages, _expected_advantages(model_dir, tokenizer, trainer.credit, uids, mixed))
+    expected = _expected_advantages(model_dir, tokenizer, trainer.credit, uids, mixed)
+    _assert_rows_close(advantages, expected, metrics["credit/loss_scale"])
     # Plain rows show the mixed teacher's drift from the actor: a test that the frozen model took part.
     assert metrics["credit/teacher_sanity_gap"] > 1e-3
 
