@@ -45,7 +45,7 @@ from credit_plugin.negatives import negatives_generator
 from credit_plugin.registration import assert_registered
 from credit_plugin.rewards import contrastive_baseline, sdpo_token_rewards
 from credit_plugin.teacher import TeacherBatch, build_teacher_batch, fit_token_budget, split_teacher_log_probs
-from credit_plugin.workers import CreditActorRolloutRefWorker
+from credit_plugin.workers import CreditActorRolloutRefWorker, has_teacher_weights
 
 ESTIMATORS = ("credit", "sdpo")
 # Teachers that need the frozen (ref) model next to the actor; ``current`` is the actor itself.
@@ -151,6 +151,13 @@ class CreditTrainer(PPOTrainerSync):
         roles = [role for role in (Role.ActorRolloutRef, Role.ActorRollout, Role.Actor) if role in self.mapping]
         role = roles[0]
         teacher = self.credit.teacher
+        ref_dtype = self.config.actor_rollout_ref.ref.get("fsdp_config", {}).get("model_dtype", "fp32")
+        if teacher == "ema" and str(ref_dtype) not in ("fp32", "float32", "fp64", "float64"):
+            raise ValueError(
+                f"credit.teacher=ema needs the ref engine's weights in fp32 (an EMA step of "
+                f"credit.teacher_update_rate is lost to {ref_dtype} rounding): set "
+                "actor_rollout_ref.ref.fsdp_config.model_dtype=fp32"
+            )
         if teacher == "ema" and self._ref_in_actor():
             raise ValueError(
                 "credit.teacher=ema with LoRA (the ref model lives in the actor) is not supported; "
@@ -165,7 +172,8 @@ class CreditTrainer(PPOTrainerSync):
         ):
             raise ValueError(
                 "credit.teacher=frozen without the hybrid engine scores the teacher on verl's ref worker, which verl "
-                "only starts with a KL term: use the hybrid engine, or set actor_rollout_ref.actor.use_kl_loss=true"
+                "only starts with a KL term: use the hybrid engine, or set actor_rollout_ref.actor.use_kl_loss=true "
+                "with actor_rollout_ref.actor.kl_loss_coef=0 (a KL term that does not change training)"
             )
         if teacher in REF_TEACHERS and role == Role.ActorRollout and not self._ref_in_actor():
             del self.role_worker_mapping[role]
@@ -199,7 +207,10 @@ class CreditTrainer(PPOTrainerSync):
         """verl's checkpoint, plus the EMA teacher, which no other checkpoint holds."""
         super()._save_checkpoint()
         if self.credit.teacher == "ema":
-            self.actor_rollout_wg.save_teacher(self._teacher_folder())
+            max_to_keep = self.config.trainer.get("max_actor_ckpt_to_keep", None)
+            if self.config.trainer.get("remove_previous_ckpt_in_save", False):
+                max_to_keep = 1  # as verl rotates the actor
+            self.actor_rollout_wg.save_teacher(self._teacher_folder(), max_to_keep)
 
     def _load_checkpoint(self):
         """On resume, the EMA teacher continues from its saved weights, not from the initial model."""
@@ -207,7 +218,7 @@ class CreditTrainer(PPOTrainerSync):
         if self.credit.teacher != "ema" or self.global_steps == 0:
             return
         folder = self._teacher_folder()
-        if not os.path.exists(os.path.join(folder, "model.safetensors")):
+        if not has_teacher_weights(folder):
             raise FileNotFoundError(
                 f"resuming an EMA-teacher run from step {self.global_steps} needs the teacher saved at {folder}; "
                 "set credit.teacher=frozen or start a new run"
@@ -239,7 +250,13 @@ class CreditTrainer(PPOTrainerSync):
         dp_size = max(wg._dispatch_info[mesh]) + 1
         if engine.section.log_prob_use_dynamic_bsz:
             return dp_size
-        return dp_size * int(engine.section.log_prob_micro_batch_size_per_gpu)
+        micro_batch_size = engine.section.get("log_prob_micro_batch_size_per_gpu")
+        if micro_batch_size is None:  # verl's config validation refuses this at start-up; never int(None)
+            raise ValueError(
+                f"the teacher pass on the {engine.mesh} engine needs log_prob_micro_batch_size_per_gpu "
+                "or log_prob_use_dynamic_bsz=true"
+            )
+        return dp_size * int(micro_batch_size)
 
     def _score_teacher_batch(self, teacher: TeacherBatch) -> TensorDict:
         """One worker call for all ``(1 + K) * B`` rows, with the token budget raised to fit reprompts."""

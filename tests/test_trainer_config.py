@@ -93,7 +93,7 @@ def test_hybrid_teachers_without_the_hybrid_engine_are_a_clear_error(teacher, mo
 
 def test_frozen_teacher_without_the_hybrid_engine_needs_verls_ref_worker(monkeypatch):
     monkeypatch.setattr(CreditTrainer, "_enable_hybrid_replicas", False, raising=False)
-    with pytest.raises(ValueError, match="use_kl_loss=true"):
+    with pytest.raises(ValueError, match="use_kl_loss=true with actor_rollout_ref.actor.kl_loss_coef=0"):
         _worker_mapping("credit.teacher=frozen")
     trainer = _worker_mapping("credit.teacher=frozen", "actor_rollout_ref.actor.use_kl_loss=true")
     assert set(trainer.role_worker_mapping) == {Role.Actor, Role.RefPolicy}
@@ -223,3 +223,9 @@ def test_loss_scale_only_without_outcome_mix():
     # padding rows (verl's balance padding) do not count
     assert context_loss_scale(b["response_mask"][:1], b["self_distillation_mask"][:1], "token-mean") == 1.0
     assert context_loss_scale(b["response_mask"], b["self_distillation_mask"], "token-sum") == 1.0
+
+
+def test_ema_teacher_with_bf16_ref_storage_is_refused_at_start():
+    with pytest.raises(ValueError, match="credit.teacher=ema needs the ref engine's weights in fp32"):
+        _worker_mapping("credit.teacher=ema", "actor_rollout_ref.ref.fsdp_config.model_dtype=bf16")
+    _worker_mapping("credit.teacher=frozen", "actor_rollout_ref.ref.fsdp_config.model_dtype=bf16")
