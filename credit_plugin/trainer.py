@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,6 +98,24 @@ def credit_options(config: DictConfig) -> CreditConfig:
     if credit.granularity != "token":
         raise NotImplementedError("credit.granularity=logit is not wired into the trainer yet; use token")
     return dataclasses.replace(credit, contrast_coef=0.0) if estimator == "sdpo" else credit
+
+
+def check_one_output_per_session(keys: list[str]) -> None:
+    """Refuse agent loops that return several outputs per session (verl's keys ``{uid}_{session}_{index}``).
+
+    verl copies a session's final score into each of its outputs: a partial output could become a sibling's
+    demonstration, or a final output's own earlier output its "sibling" solution, and the ``outcome_mix`` GRPO
+    term would count a session once per output. The teacher contexts are defined per sample, so refuse.
+    """
+    sessions = Counter(key.rsplit("_", 1)[0] for key in keys)
+    several = {session: count for session, count in sessions.items() if count > 1}
+    if several:
+        shown = dict(list(several.items())[:4])
+        raise ValueError(
+            f"trainer_mode=credit needs one output per agent-loop session; sessions {shown} (session: outputs) "
+            "returned several, whose teacher contexts and outcome scores are not defined per output: use an agent "
+            "loop that returns one output per session"
+        )
 
 
 def context_loss_scale(response_mask: torch.Tensor, self_distillation_mask: torch.Tensor, loss_agg_mode: str) -> float:
@@ -360,6 +379,7 @@ class CreditTrainer(PPOTrainerSync):
         Mirrors the upstream body (a test pins its source hash): the teacher pass's outputs must sit in
         ``data.batch`` when verl's ``compute_advantage`` runs, and upstream reads a fixed field list.
         """
+        check_one_output_per_session(batch.keys)
         fields = ["uid", "response_mask", "rm_scores", "rollout_log_probs", "old_log_probs", "ref_log_prob", "values"]
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
 

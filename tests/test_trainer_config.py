@@ -19,7 +19,7 @@ from verl.workers.utils.losses import ppo_loss
 
 from credit_plugin.config import CONFIG_DIR, CreditConfig
 from credit_plugin.teacher import build_teacher_batch
-from credit_plugin.trainer import CreditTrainer, context_loss_scale, credit_options
+from credit_plugin.trainer import CreditTrainer, check_one_output_per_session, context_loss_scale, credit_options
 from credit_plugin.workers import CreditActorRolloutRefWorker
 
 # The upstream method CreditTrainer._compute_advantage mirrors (kept in the fast suite: no Ray needed).
@@ -229,3 +229,9 @@ def test_ema_teacher_with_bf16_ref_storage_is_refused_at_start():
     with pytest.raises(ValueError, match="credit.teacher=ema needs the ref engine's weights in fp32"):
         _worker_mapping("credit.teacher=ema", "actor_rollout_ref.ref.fsdp_config.model_dtype=bf16")
     _worker_mapping("credit.teacher=frozen", "actor_rollout_ref.ref.fsdp_config.model_dtype=bf16")
+
+
+def test_agent_loops_with_several_outputs_per_session_are_refused():
+    check_one_output_per_session(["u1_0_0", "u1_1_0", "u2_0_0", "pad-uid_3_0"])
+    with pytest.raises(ValueError, match=r"one output per agent-loop session; sessions \{'u1_1': 2\}"):
+        check_one_output_per_session(["u1_0_0", "u1_1_0", "u1_1_1", "u2_0_0"])
