@@ -235,3 +235,31 @@ def test_agent_loops_with_several_outputs_per_session_are_refused():
     check_one_output_per_session(["u1_0_0", "u1_1_0", "u2_0_0", "pad-uid_3_0"])
     with pytest.raises(ValueError, match=r"one output per agent-loop session; sessions \{'u1_1': 2\}"):
         check_one_output_per_session(["u1_0_0", "u1_1_0", "u1_1_1", "u2_0_0"])
+
+
+class _DispatchInfo:
+    """The dispatch bookkeeping of a verl worker group with ``dp`` data-parallel ranks on every mesh."""
+
+    def __init__(self, dp: int):
+        self._dispatch_info = {}
+        self.dp = dp
+
+    def _query_dispatch_info(self, mesh: str) -> list[int]:
+        return list(range(self.dp))
+
+    def compute_ref_log_prob(self, data):
+        raise AssertionError("not called")
+
+
+def test_teacher_rows_pad_to_dp_times_micro_batch_and_a_missing_size_is_named():
+    trainer = CreditTrainer.__new__(CreditTrainer)
+    trainer.config = _config(
+        "actor_rollout_ref.ref.log_prob_use_dynamic_bsz=false",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=5",
+    )
+    trainer.credit = CreditConfig(teacher="frozen")
+    trainer.actor_rollout_wg = trainer.ref_policy_wg = _DispatchInfo(dp=2)
+    assert trainer._teacher_row_multiple() == 10
+    trainer.config.actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu = None
+    with pytest.raises(ValueError, match="needs log_prob_micro_batch_size_per_gpu or log_prob_use_dynamic_bsz=true"):
+        trainer._teacher_row_multiple()
