@@ -8,7 +8,7 @@
 Each run writes ``<run-dir>/<algo>/metrics.jsonl`` (verl's file logger records), ``command.txt`` and ``train.log``,
 and prints one line per step. Run again in the same ``--run-dir`` after a crash, verl resumes from the latest
 checkpoint (``trainer.save_freq``) and ``metrics.jsonl`` keeps the steps up to it.
-The tiny model and parquet files are built once under ``<run-dir>/assets``.
+The tiny model and parquet files are built once under ``<run-dir>/assets`` (or ``--assets``, to share them).
 This is a development and CI recipe: the ``hf_cpu`` rollout generates with transformers; GPU users keep vLLM.
 """
 
@@ -172,9 +172,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", type=Path, default=Path("runs/tiny_cpu"))
+    parser.add_argument(
+        "--assets", type=Path, default=None, help="tiny model and data folder (default <run-dir>/assets)"
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for main_ppo")
     args = parser.parse_args()
-    assets = prepare_assets(args.run_dir / "assets", args.seed)
+    assets = prepare_assets(args.assets or args.run_dir / "assets", args.seed)
     algos = list(ALGOS) if args.compare else [args.algo]
     paths = {algo: run(algo, args.run_dir, assets, args.steps, args.overrides) for algo in algos}
     compare(paths)

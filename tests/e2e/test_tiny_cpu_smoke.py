@@ -37,19 +37,27 @@ FIXED_MICRO_BATCHES = (
 )
 
 
-def _demo(root: Path, *overrides: str, steps: int = STEPS) -> list[dict]:
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> Path:
+    """One tiny model and data set for every run of the module (built by the first run)."""
+    return tmp_path_factory.mktemp("tiny_cpu_assets")
+
+
+def _demo(root: Path, assets: Path, *overrides: str, steps: int = STEPS) -> list[dict]:
     """Run the tiny CPU recipe for ``steps`` steps; returns the per-step metrics verl's file logger wrote."""
     command = [sys.executable, str(REPO / "recipes/tiny_cpu/demo.py"), "--steps", str(steps), "--run-dir", str(root)]
+    command += ["--assets", str(assets)]
     result = subprocess.run([*command, "--", *overrides], capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return [json.loads(line)["data"] for line in (root / "credit/metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(tmp_path_factory, assets) -> Path:
     root = tmp_path_factory.mktemp("tiny_cpu_smoke")
     _demo(
         root,
+        assets,
         *FIXED_MICRO_BATCHES,
         "trainer.save_freq=1",
         "actor_rollout_ref.actor.checkpoint.save_contents=[model,extra,hf_model]",
@@ -76,9 +84,9 @@ def test_metrics_show_teacher_pass_baseline_and_update(run_dir):
         assert record["credit/teacher_ema_max_change"] > 0
 
 
-def test_actor_moved_and_teacher_followed_the_ema_rule(run_dir):
+def test_actor_moved_and_teacher_followed_the_ema_rule(run_dir, assets):
     checkpoints = run_dir / "credit/checkpoints"
-    teacher = _weights(run_dir / "assets/model/model.safetensors")
+    teacher = _weights(assets / "model/model.safetensors")
     initial = dict(teacher)
     for step in range(1, STEPS + 1):
         actor = _weights(checkpoints / f"global_step_{step}/actor/huggingface/model.safetensors")
@@ -96,18 +104,19 @@ def test_actor_moved_and_teacher_followed_the_ema_rule(run_dir):
     ("teacher", "overrides"),
     [("trust_region", ["credit.teacher_update_rate=0.5"]), ("frozen", []), ("current", [])],
 )
-def test_every_teacher_runs_the_loop_with_fixed_micro_batch_sizes(tmp_path, teacher, overrides):
-    records = _demo(tmp_path, *FIXED_MICRO_BATCHES, f"credit.teacher={teacher}", *overrides)
+def test_every_teacher_runs_the_loop_with_fixed_micro_batch_sizes(tmp_path, assets, teacher, overrides):
+    records = _demo(tmp_path, assets, *FIXED_MICRO_BATCHES, f"credit.teacher={teacher}", *overrides)
     assert len(records) == STEPS
     assert all(record["actor/grad_norm"] > 0 and abs(record["credit/baseline_mean"]) > 0 for record in records)
     assert all(0 < record["credit/teacher/context_fraction"] <= 1 for record in records)
     assert not any("credit/teacher_ema_max_change" in record for record in records)
 
 
-def test_a_resumed_ema_run_keeps_its_history_and_continues_from_its_teacher(run_dir):
+def test_a_resumed_ema_run_keeps_its_history_and_continues_from_its_teacher(run_dir, assets):
     """Resume the EMA run above (checkpoints every step) for a third step, with dynamic batch size."""
     records = _demo(
         run_dir,
+        assets,
         "trainer.save_freq=1",
         "actor_rollout_ref.actor.checkpoint.save_contents=[model,extra,hf_model]",
         f"credit.teacher_update_rate={TAU}",
