@@ -20,7 +20,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-pytestmark = pytest.mark.e2e
+# the first run builds the tiny model and data (minutes on a busy machine), beyond pytest.ini's 600 s
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS, TAU = 2, 0.05
