@@ -27,12 +27,13 @@ REPO = Path(__file__).resolve().parents[2]
 STEPS, TAU = 2, 0.05
 
 
-# 5 does not divide the teacher pass's 2 * 32 rows: padding rows are part of the test
+# The rollout's size must divide verl's own old-log-prob batch (32 rows); the ref's 5 does not divide the
+# teacher pass's 2 * 32 rows, so the frozen and ema runs send padding rows.
 FIXED_MICRO_BATCHES = (
     "actor_rollout_ref.actor.use_dynamic_bsz=false",
     "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
     "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=false",
-    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=5",
+    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
     "actor_rollout_ref.ref.log_prob_use_dynamic_bsz=false",
     "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=5",
 )
