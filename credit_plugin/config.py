@@ -16,6 +16,10 @@ CONFIG_DIR = str(Path(__file__).parent / "conf")
 GRANULARITIES = ("token", "logit")
 TEACHERS = ("frozen", "current", "ema", "trust_region")
 TRUNCATION_SIDES = ("left", "right", "error")
+# Options of the logit-level loss (``distill.py``); the token path has no use for them.
+LOGIT_OPTIONS = ("topk", "alpha", "distillation_add_tail", "is_clip")
+# Options that verl already has: one setting, read where verl reads it.
+VERL_OPTIONS = {"norm_adv_by_std_in_grpo": "algorithm.norm_adv_by_std_in_grpo"}
 
 DEFAULT_REPROMPT_TEMPLATE = "{prompt}{solution}{feedback}\n\nCorrectly solve the original question."
 DEFAULT_SOLUTION_TEMPLATE = "\nCorrect solution:\n\n{successful_previous_attempt}\n\n"
@@ -39,9 +43,8 @@ class CreditConfig:
     topk: int = 100
     distillation_add_tail: bool = True
     alpha: float = 0.5
-    is_clip: float | None = 2.0
+    is_clip: float | None = None
     outcome_mix: float = 0.0
-    norm_adv_by_std_in_grpo: bool = True
     teacher: str = "ema"
     teacher_update_rate: float = 0.05
     success_threshold: float = 0.5
@@ -79,6 +82,15 @@ class CreditConfig:
             missing = [key for key in keys if key not in getattr(self, name)]
             if missing:
                 raise ValueError(f"credit.{name} must contain {missing}")
+        if self.granularity == "token":
+            defaults = {f.name: f.default for f in fields(self)}
+            changed = [name for name in LOGIT_OPTIONS if getattr(self, name) != defaults[name]]
+            if changed:
+                raise ValueError(
+                    f"credit.{changed[0]} acts only with credit.granularity=logit, not with token (the sampled-token "
+                    "advantage goes through verl's PPO loss, whose ratio clip is actor.clip_ratio_low/high and "
+                    "whose rollout/train mismatch correction is algorithm.rollout_correction); leave it unset"
+                )
 
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         value = getattr(self, name)
@@ -105,6 +117,8 @@ class CreditConfig:
         section = dict(section or {})
         known = {f.name for f in fields(cls)}
         for key in section:
+            if key in VERL_OPTIONS:
+                raise ValueError(f"credit.{key} is verl's option: set {VERL_OPTIONS[key]} instead")
             if key not in known:
                 close = difflib.get_close_matches(key, sorted(known), n=1)
                 hint = f"; did you mean credit.{close[0]}?" if close else f"; known options: {sorted(known)}"

@@ -14,6 +14,12 @@ trainer (``credit_plugin.trainer``) writes into the batch under the names of :da
 - ``old_log_probs``: (bs, response_length), ``log pi_theta(y_t | x_i, y_<t)`` (verl's own field);
 - ``self_distillation_mask``: (bs,), 0 for samples without teacher context.
 
+They also read ``token_level_scores`` (verl's field, the outcome reward before ``apply_kl_penalty``): with
+``algorithm.use_kl_in_reward`` verl writes ``token_level_rewards = token_level_scores - beta * kl``, and the
+per-token penalty ``token_level_rewards - token_level_scores`` is added to the distillation advantage,
+which is itself a per-token reward. ``norm_adv_by_std_in_grpo`` is verl's ``algorithm`` option, which
+``compute_advantage`` receives and the patch forwards.
+
 Each estimator declares these keys in its ``batch_inputs`` attribute, and the version-checked patch
 ``credit_plugin.patches.compute_advantage_batch_inputs`` makes verl's ``compute_advantage`` forward the
 declared keys present in ``data.batch`` as keyword arguments. Called without them, the estimators raise.
@@ -41,6 +47,8 @@ TEACHER_BATCH_KEYS = (
     "old_log_probs",
     "self_distillation_mask",
 )
+# verl's own batch fields the estimators read on top of those of verl's estimator signature.
+VERL_BATCH_KEYS = ("token_level_scores",)
 
 
 def resolve_credit_config(config: Any) -> CreditConfig:
@@ -64,6 +72,8 @@ def _distillation_advantages(
     self_distillation_mask: torch.Tensor | None,
     estimator: str,
     student_contrast_log_probs: torch.Tensor | None = None,
+    token_level_scores: torch.Tensor | None = None,
+    norm_adv_by_std_in_grpo: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     missing = [
         name
@@ -98,6 +108,10 @@ def _distillation_advantages(
         student_contrast_log_probs=student_contrast_log_probs,
         centering=credit.contrast_centering,
     )
+    if token_level_scores is not None:
+        # use_kl_in_reward: the KL penalty verl put into token_level_rewards, token by token
+        penalty = token_level_rewards - token_level_scores
+        advantages = advantages + torch.where(mask.bool(), penalty, torch.zeros_like(penalty)).to(advantages.dtype)
     if credit.outcome_mix > 0:
         if index is None:
             raise ValueError(f"credit.outcome_mix > 0 needs the batch's uid (index) for {estimator!r}")
@@ -106,14 +120,14 @@ def _distillation_advantages(
             token_level_rewards=token_level_rewards,
             response_mask=response_mask,
             index=index,
-            norm_adv_by_std_in_grpo=credit.norm_adv_by_std_in_grpo,
+            norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo,
         )
         advantages = mix_outcome_advantages(outcome, advantages, credit.outcome_mix)
     return advantages, advantages
 
 
 def _declare_batch_inputs(fn: Callable) -> Callable:
-    fn.batch_inputs = TEACHER_BATCH_KEYS
+    fn.batch_inputs = TEACHER_BATCH_KEYS + VERL_BATCH_KEYS
     return fn
 
 
@@ -129,6 +143,8 @@ def compute_credit_advantage(
     old_log_probs: torch.Tensor | None = None,
     self_distillation_mask: torch.Tensor | None = None,
     student_contrast_log_probs: torch.Tensor | None = None,
+    token_level_scores: torch.Tensor | None = None,
+    norm_adv_by_std_in_grpo: bool = True,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CREDIT token advantages: the SDPO reward minus lambda times the contrast term of ``credit.contrast_form``.
@@ -144,6 +160,10 @@ def compute_credit_advantage(
         old_log_probs: shape (bs, response_length).
         self_distillation_mask: shape (bs,).
         student_contrast_log_probs: shape (bs, K, response_length); ``contrast_form: pmi`` only.
+        token_level_scores: shape (bs, response_length), the outcome reward before verl's KL penalty; when
+            given, ``token_level_rewards - token_level_scores`` (the penalty) is added where the sample has a
+            teacher context.
+        norm_adv_by_std_in_grpo: verl's ``algorithm.norm_adv_by_std_in_grpo``, for the ``outcome_mix`` term.
 
     Returns:
         advantages, returns: both shape (bs, response_length), zero outside ``response_mask`` and on rows
@@ -160,6 +180,8 @@ def compute_credit_advantage(
         self_distillation_mask,
         "credit",
         student_contrast_log_probs,
+        token_level_scores,
+        norm_adv_by_std_in_grpo,
     )
 
 
@@ -174,6 +196,8 @@ def compute_sdpo_advantage(
     contrast_log_probs: torch.Tensor | None = None,
     old_log_probs: torch.Tensor | None = None,
     self_distillation_mask: torch.Tensor | None = None,
+    token_level_scores: torch.Tensor | None = None,
+    norm_adv_by_std_in_grpo: bool = True,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SDPO token advantages ``log pi_ref(y_t|x,z) - log pi_theta(y_t|x)``: CREDIT with ``contrast_coef = 0``.
@@ -191,4 +215,7 @@ def compute_sdpo_advantage(
         old_log_probs,
         self_distillation_mask,
         "sdpo",
+        None,
+        token_level_scores,
+        norm_adv_by_std_in_grpo,
     )

@@ -566,5 +566,6 @@ def split_teacher_log_probs(
     index = (ends - response_lengths - 1)[:, None] + position
     inside = position < response_lengths[:, None]
     gathered = torch.where(inside, values[index.clamp(0, max(values.numel() - 1, 0))], 0.0)
-    gathered = gathered.reshape(num_variants, num_samples, width) * mask.to(gathered)
+    # where, not a product: a masked position may hold -inf (0 * -inf is NaN)
+    gathered = torch.where(mask.bool(), gathered.reshape(num_variants, num_samples, width), 0.0)
     return gathered[0], gathered[1:].transpose(0, 1)

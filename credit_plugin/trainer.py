@@ -15,8 +15,10 @@ estimator through verl's ``compute_advantage``. Which call scores the teacher (:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +27,7 @@ import numpy as np
 import ray
 import torch
 import transfer_queue as tq
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.protocol import DataProto
@@ -47,7 +49,7 @@ from credit_plugin.registration import assert_registered
 from credit_plugin.reward_manager import reward_failure_metrics
 from credit_plugin.rewards import contrastive_baseline, sdpo_token_rewards
 from credit_plugin.teacher import TeacherBatch, build_teacher_batch, fit_token_budget, split_teacher_log_probs
-from credit_plugin.workers import CreditActorRolloutRefWorker, check_same_layout
+from credit_plugin.workers import CreditActorRolloutRefWorker, check_same_layout, has_teacher_weights
 
 logger = logging.getLogger(__name__)
 
@@ -91,31 +93,87 @@ def _feedback_of(data: TensorDict, size: int) -> list[str | None]:
     return feedback
 
 
+def credit_options(config: DictConfig) -> CreditConfig:
+    """The ``credit:`` options a run acts on; ``adv_estimator=sdpo`` means ``contrast_coef=0`` everywhere,
+    so the teacher pass scores one variant per sample (no negatives), as the estimator uses."""
+    credit = CreditConfig.from_dict(config.get("credit"))
+    estimator = str(config.algorithm.adv_estimator)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"trainer_mode=credit needs algorithm.adv_estimator in {ESTIMATORS}, got {estimator!r}")
+    if credit.granularity != "token":
+        raise NotImplementedError("credit.granularity=logit is not wired into the trainer yet; use token")
+    if credit.contrast_form == "pmi" and estimator == "credit" and not credit.is_sdpo:
+        raise NotImplementedError(
+            "credit.contrast_form=pmi needs the student's scores under the swapped prompts, which the teacher "
+            "pass does not compute yet; use credit.contrast_form=reward (or logprob)"
+        )
+    return dataclasses.replace(credit, contrast_coef=0.0) if estimator == "sdpo" else credit
+
+
+def check_one_output_per_session(keys: list[str]) -> None:
+    """Refuse agent loops that return several outputs per session (verl's keys ``{uid}_{session}_{index}``).
+
+    verl copies a session's final score into each of its outputs: a partial output could become a sibling's
+    demonstration, or a final output's own earlier output its "sibling" solution, and the ``outcome_mix`` GRPO
+    term would count a session once per output. The teacher contexts are defined per sample, so refuse.
+    """
+    sessions = Counter(key.rsplit("_", 1)[0] for key in keys)
+    several = {session: count for session, count in sessions.items() if count > 1}
+    if several:
+        shown = dict(list(several.items())[:4])
+        raise ValueError(
+            f"trainer_mode=credit needs one output per agent-loop session; sessions {shown} (session: outputs) "
+            "returned several, whose teacher contexts and outcome scores are not defined per output: use an agent "
+            "loop that returns one output per session"
+        )
+
+
+def context_loss_scale(response_mask: torch.Tensor, self_distillation_mask: torch.Tensor, loss_agg_mode: str) -> float:
+    """Factor that turns verl's loss aggregation over all samples into SDPO's over samples with a context.
+
+    Args:
+        response_mask: shape (B, T), the real rows of the step.
+        self_distillation_mask: shape (B,), 1 where the sample has a teacher context.
+        loss_agg_mode: the actor's ``loss_agg_mode``.
+
+    Returns:
+        ``token-mean``: response tokens / response tokens with context; ``seq-mean-*``: sequences / sequences
+        with context; ``token-sum`` (no denominator), or no sample with context: 1. Per step: with several
+        mini-batches per step verl normalises each by its own count, so the match is of the step's average.
+    """
+    context = self_distillation_mask.bool()
+    if loss_agg_mode == "token-mean":
+        total, kept = response_mask.sum(), response_mask[context].sum()
+    elif loss_agg_mode.startswith("seq-mean"):
+        rows = response_mask.sum(-1) > 0
+        total, kept = rows.sum(), (rows & context).sum()
+    else:
+        return 1.0
+    return float(total / kept) if kept > 0 else 1.0
+
+
 @register_trainer("credit")
 class CreditTrainer(PPOTrainerSync):
     """verl's ``PPOTrainerSync`` with CREDIT's teacher pass before the advantage estimator."""
 
     def __init__(self, config: DictConfig):
         assert_registered()
-        self.credit = CreditConfig.from_dict(config.get("credit"))
-        estimator = str(config.algorithm.adv_estimator)
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"trainer_mode=credit needs algorithm.adv_estimator in {ESTIMATORS}, got {estimator!r}")
-        if self.credit.granularity != "token":
-            raise NotImplementedError("credit.granularity=logit is not wired into the trainer yet; use token")
-        if self.credit.contrast_form == "pmi" and not self.credit.is_sdpo:
-            raise NotImplementedError(
-                "credit.contrast_form=pmi needs the student's scores under the swapped prompts, which the teacher "
-                "pass does not compute yet; use credit.contrast_form=reward (or logprob)"
-            )
+        self.credit = credit_options(config)
         self.advantage_watch = AdvantageDriftWatch()
         if config.actor_rollout_ref.actor.get("strategy") == "megatron":
             self._check_megatron(config.actor_rollout_ref)
-        # The base class compares the mode with "sync" in several places (replay buffer, dataloader,
-        # checkpoints): registered under another name it would silently get async semantics.
-        with open_dict(config):
-            config.trainer.v1.trainer_mode = "sync"
         super().__init__(config)
+
+    # The base class reads ``trainer_mode`` from the config and compares it with "sync" in several places
+    # (replay buffer, dataloader, checkpoints): registered as "credit" it would silently get async
+    # semantics. This attribute answers "sync" while the config (logged, saved) keeps what the user set.
+    @property
+    def trainer_mode(self) -> str:
+        return "sync"
+
+    @trainer_mode.setter
+    def trainer_mode(self, value: str) -> None:
+        """verl's ``__init__`` assigns the configured name (``credit``); the sync semantics stay."""
 
     def _check_megatron(self, config: DictConfig) -> None:
         """Refuse Megatron settings the teacher pass cannot serve, naming the option."""
@@ -150,6 +208,13 @@ class CreditTrainer(PPOTrainerSync):
         roles = [role for role in (Role.ActorRolloutRef, Role.ActorRollout, Role.Actor) if role in self.mapping]
         role = roles[0]
         teacher = self.credit.teacher
+        ref_dtype = self.config.actor_rollout_ref.ref.get("fsdp_config", {}).get("model_dtype", "fp32")
+        if teacher == "ema" and str(ref_dtype) not in ("fp32", "float32", "fp64", "float64"):
+            raise ValueError(
+                f"credit.teacher=ema needs the ref engine's weights in fp32 (an EMA step of "
+                f"credit.teacher_update_rate is lost to {ref_dtype} rounding): set "
+                "actor_rollout_ref.ref.fsdp_config.model_dtype=fp32"
+            )
         if teacher == "ema" and self._ref_in_actor():
             raise ValueError(
                 "credit.teacher=ema with LoRA (the ref model lives in the actor) is not supported; "
@@ -164,7 +229,8 @@ class CreditTrainer(PPOTrainerSync):
         ):
             raise ValueError(
                 "credit.teacher=frozen without the hybrid engine scores the teacher on verl's ref worker, which verl "
-                "only starts with a KL term: use the hybrid engine, or set actor_rollout_ref.actor.use_kl_loss=true"
+                "only starts with a KL term: use the hybrid engine, or set actor_rollout_ref.actor.use_kl_loss=true "
+                "with actor_rollout_ref.actor.kl_loss_coef=0 (a KL term that does not change training)"
             )
         if teacher in REF_TEACHERS and role == Role.ActorRollout and not self._ref_in_actor():
             del self.role_worker_mapping[role]
@@ -198,7 +264,10 @@ class CreditTrainer(PPOTrainerSync):
         """verl's checkpoint, plus the EMA teacher, which no other checkpoint holds."""
         super()._save_checkpoint()
         if self.credit.teacher == "ema":
-            self.actor_rollout_wg.save_teacher(self._teacher_folder())
+            max_to_keep = self.config.trainer.get("max_actor_ckpt_to_keep", None)
+            if self.config.trainer.get("remove_previous_ckpt_in_save", False):
+                max_to_keep = 1  # as verl rotates the actor
+            self.actor_rollout_wg.save_teacher(self._teacher_folder(), max_to_keep)
 
     def _load_checkpoint(self):
         """On resume, the EMA teacher continues from its saved weights, not from the initial model."""
@@ -206,7 +275,7 @@ class CreditTrainer(PPOTrainerSync):
         if self.credit.teacher != "ema" or self.global_steps == 0:
             return
         folder = self._teacher_folder()
-        if not os.path.exists(os.path.join(folder, "model.safetensors")):
+        if not has_teacher_weights(folder):
             raise FileNotFoundError(
                 f"resuming an EMA-teacher run from step {self.global_steps} needs the teacher saved at {folder}; "
                 "set credit.teacher=frozen or start a new run"
@@ -238,7 +307,13 @@ class CreditTrainer(PPOTrainerSync):
         dp_size = max(wg._dispatch_info[mesh]) + 1
         if engine.section.log_prob_use_dynamic_bsz:
             return dp_size
-        return dp_size * int(engine.section.log_prob_micro_batch_size_per_gpu)
+        micro_batch_size = engine.section.get("log_prob_micro_batch_size_per_gpu")
+        if micro_batch_size is None:  # verl's config validation refuses this at start-up; never int(None)
+            raise ValueError(
+                f"the teacher pass on the {engine.mesh} engine needs log_prob_micro_batch_size_per_gpu "
+                "or log_prob_use_dynamic_bsz=true"
+            )
+        return dp_size * int(micro_batch_size)
 
     def _score_teacher_batch(self, teacher: TeacherBatch) -> TensorDict:
         """One worker call for all ``(1 + K) * B`` rows, with the token budget raised to fit reprompts."""
@@ -305,14 +380,16 @@ class CreditTrainer(PPOTrainerSync):
             if b["contrast_log_probs"].shape[1] > 0:
                 baseline = contrastive_baseline(b["contrast_log_probs"], mask, self.credit.negative_aggregate)
                 metrics["credit/baseline_mean"] = baseline.sum(-1)[context].mean().item()
-                contrast_gap = (b["teacher_log_probs"] - b["contrast_log_probs"].mean(1)) * mask
+                contrast_gap = torch.where(mask.bool(), b["teacher_log_probs"] - baseline, 0.0)
                 metrics["credit/contrast_gap_mean"] = contrast_gap.sum(-1)[context].mean().item()
                 metrics["credit/baseline_token_mean"] = (baseline.sum() / mask.sum()).item()
         # Rows without context were scored under their original prompt: a ``current`` teacher must
         # reproduce ``old_log_probs`` there (a check of the layout); other teachers show their drift.
         plain = (~context) & (b["response_mask"].sum(-1) > 0) & is_real
         if plain.any():
-            gap = ((b["teacher_log_probs"] - b["old_log_probs"]).abs() * b["response_mask"])[plain]
+            gap = torch.where(b["response_mask"].bool(), (b["teacher_log_probs"] - b["old_log_probs"]).abs(), 0.0)[
+                plain
+            ]
             metrics["credit/teacher_sanity_gap"] = (gap.sum() / b["response_mask"][plain].sum()).item()
 
     def _advantage_metrics(self, data: DataProto, metrics: dict) -> None:
@@ -328,12 +405,33 @@ class CreditTrainer(PPOTrainerSync):
 
     # ------------------------------------------------------------- advantages
 
+    def _scale_to_context_mean(self, data: DataProto, is_real: torch.BoolTensor, metrics: dict) -> None:
+        """SDPO averages its loss over samples with a teacher context; verl's actor loss over every sample.
+
+        Without ``outcome_mix`` the samples without context have advantage 0 and add nothing but their count
+        to verl's denominator; multiplying the advantages by :func:`context_loss_scale` (a positive factor,
+        which PPO's clipped objective is linear in) makes the update SDPO's. With ``outcome_mix > 0`` the
+        GRPO term acts on every sample and verl's denominator (all response tokens) stays.
+        """
+        scale = 1.0
+        if self.credit.outcome_mix == 0:
+            b = data.batch
+            scale = context_loss_scale(
+                b["response_mask"][is_real],
+                b["self_distillation_mask"][is_real],
+                self.config.actor_rollout_ref.actor.loss_agg_mode,
+            )
+            b["advantages"] = b["advantages"] * scale
+            b["returns"] = b["returns"] * scale
+        metrics["credit/loss_scale"] = scale
+
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         """verl's ``PPOTrainer._compute_advantage`` with the teacher fields added to the batch.
 
         Mirrors the upstream body (a test pins its source hash): the teacher pass's outputs must sit in
         ``data.batch`` when verl's ``compute_advantage`` runs, and upstream reads a fixed field list.
         """
+        check_one_output_per_session(batch.keys)
         fields = ["uid", "response_mask", "rm_scores", "rollout_log_probs", "old_log_probs", "ref_log_prob", "values"]
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
 
@@ -379,6 +477,7 @@ class CreditTrainer(PPOTrainerSync):
         )
 
         self._advantage_metrics(data, metrics)
+        self._scale_to_context_mean(data, is_real, metrics)
 
         fields = ["advantages", "returns"]
         if self.config.algorithm.use_kl_in_reward:

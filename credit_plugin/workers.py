@@ -13,7 +13,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
@@ -82,12 +85,24 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
+# Largest number of elements one temporary of the EMA change measure may hold.
+_CHUNK = 1 << 22
+# Largest safetensors file the teacher checkpoint writes; rank 0 holds at most this much (plus one tensor).
+MAX_SHARD_BYTES = 2 << 30
+EMA_DTYPES = (torch.float32, torch.float64)
+SINGLE, INDEX = "model.safetensors", "model.safetensors.index.json"
+
+
 @torch.no_grad()
 def ema_update_(teacher: list[nn.Module], student: list[nn.Module], rate: float) -> float:
     """In place ``teacher <- (1 - rate) * teacher + rate * student`` over local shards.
 
+    The teacher must be stored in fp32 (or fp64): in bf16 a step of ``rate * (student - teacher)`` falls
+    below the storage resolution and the EMA loses its updates.
+
     Returns:
-        The largest absolute change of any teacher parameter on this rank (a cheap check that it moved).
+        The largest absolute change ``rate * |student - teacher|`` of any parameter on this rank (a cheap check
+        that it moved), measured chunk by chunk before the update, without a copy of any shard.
     """
     if len(teacher) != len(student):
         raise ValueError(f"EMA teacher has {len(teacher)} model chunks, the actor {len(student)}")
@@ -98,15 +113,101 @@ def ema_update_(teacher: list[nn.Module], student: list[nn.Module], rate: float)
             if name not in student_params:
                 raise KeyError(f"EMA teacher parameter {name!r} has no actor counterpart (different layouts)")
             target = _local(param.data)
+            if target.dtype not in EMA_DTYPES:
+                raise ValueError(
+                    f"credit.teacher=ema: the ref engine stores {name!r} in {target.dtype}, where an EMA step of "
+                    f"rate {rate} is lost to rounding; set actor_rollout_ref.ref.fsdp_config.model_dtype=fp32"
+                )
             source = _local(student_params[name].data).to(device=target.device, dtype=target.dtype)
             if source.shape != target.shape:
                 raise ValueError(
                     f"EMA shard shapes differ for {name!r}: {tuple(source.shape)} vs {tuple(target.shape)}"
                 )
-            before = target.clone()
+            for old, new in zip(target.reshape(-1).split(_CHUNK), source.reshape(-1).split(_CHUNK), strict=True):
+                largest = max(largest, rate * float((new - old).abs().max()))
             target.lerp_(source, rate)
-            largest = max(largest, float((target - before).abs().max()) if target.numel() else 0.0)
     return largest
+
+
+class ShardedSafetensorsWriter:
+    """Writes tensors as they come into safetensors files of at most ``max_shard_bytes`` each (HF's layout:
+    one ``model.safetensors``, or ``model-0000i-of-0000N.safetensors`` with ``model.safetensors.index.json``).
+
+    Holds at most one shard (plus the tensor being added) in memory; ``peak_bytes`` records the most it held.
+    """
+
+    def __init__(self, folder: str, max_shard_bytes: int = MAX_SHARD_BYTES):
+        self.folder, self.max_shard_bytes = folder, max_shard_bytes
+        self.shard: dict[str, torch.Tensor] = {}
+        self.shard_bytes = self.peak_bytes = self.total_bytes = 0
+        self.files: list[list[str]] = []  # tensor names of each written shard
+        os.makedirs(folder, exist_ok=True)
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if self.shard and self.shard_bytes + size > self.max_shard_bytes:
+            self._flush()
+        self.shard[name] = tensor
+        self.shard_bytes += size
+        self.total_bytes += size
+        self.peak_bytes = max(self.peak_bytes, self.shard_bytes)
+
+    def _flush(self) -> None:
+        path = os.path.join(self.folder, f"shard-{len(self.files)}.tmp")
+        save_file(self.shard, path)
+        self.files.append(list(self.shard))
+        self.shard, self.shard_bytes = {}, 0
+
+    def close(self) -> None:
+        """Write the last shard and give the files their final names (and the index when there are several)."""
+        if self.shard or not self.files:
+            self._flush()
+        count = len(self.files)
+        if count == 1:
+            os.replace(os.path.join(self.folder, "shard-0.tmp"), os.path.join(self.folder, SINGLE))
+            return
+        weight_map = {}
+        for number, names in enumerate(self.files, start=1):
+            final = f"model-{number:05d}-of-{count:05d}.safetensors"
+            os.replace(os.path.join(self.folder, f"shard-{number - 1}.tmp"), os.path.join(self.folder, final))
+            weight_map.update(dict.fromkeys(names, final))
+        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+        with open(os.path.join(self.folder, INDEX), "w") as handle:
+            json.dump(index, handle, indent=2)
+
+
+def has_teacher_weights(folder: str) -> bool:
+    """True when ``folder`` holds a teacher written by :class:`ShardedSafetensorsWriter`."""
+    return any(os.path.exists(os.path.join(folder, name)) for name in (SINGLE, INDEX))
+
+
+def read_teacher_weights(folder: str) -> dict[str, torch.Tensor]:
+    """The full state dict written by :class:`ShardedSafetensorsWriter` (one file or an indexed set)."""
+    index = os.path.join(folder, INDEX)
+    if not os.path.exists(index):
+        return load_file(os.path.join(folder, SINGLE))
+    with open(index) as handle:
+        files = sorted(set(json.load(handle)["weight_map"].values()))
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        state.update(load_file(os.path.join(folder, name)))
+    return state
+
+
+def rotate_teacher_checkpoints(root: str, max_to_keep: int | None) -> list[str]:
+    """Delete ``root/global_step_N/teacher`` folders beyond the newest ``max_to_keep`` (verl's
+    ``trainer.max_actor_ckpt_to_keep``; None or 0 keeps all, as verl does). Returns the deleted folders."""
+    if not max_to_keep or max_to_keep < 1 or not os.path.isdir(root):
+        return []
+    steps = sorted(
+        int(entry[len("global_step_") :])
+        for entry in os.listdir(root)
+        if re.fullmatch(r"global_step_\d+", entry) and os.path.isdir(os.path.join(root, entry, "teacher"))
+    )
+    removed = [os.path.join(root, f"global_step_{step}", "teacher") for step in steps[:-max_to_keep]]
+    for folder in removed:
+        shutil.rmtree(folder)
+    return removed
 
 
 def _zero_loss(data: TensorDict) -> tuple[torch.Tensor, dict]:
@@ -230,22 +331,27 @@ class CreditActorRolloutRefWorker(ActorRolloutRefWorker):
         return ema_update_(_engine_modules(self.ref.engine), _engine_modules(self.actor.engine), rate)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def save_teacher(self, local_path: str) -> None:
-        """Write the teacher's full weights (HF names) to ``local_path/model.safetensors`` from rank 0.
+    def save_teacher(self, local_path: str, max_to_keep: int | None = None) -> None:
+        """Write the teacher's full weights (HF names) to ``local_path`` from rank 0, shard by shard.
 
         Gathering the full tensors is collective: every rank walks the whole generator (FSDP's gathered
-        state, or Megatron's bridge export across its tensor/pipeline-parallel ranks). For Megatron the
-        model's HF config goes next to it, so that the folder loads like a Hugging Face checkpoint.
+        state, or Megatron's bridge export across its tensor/pipeline-parallel ranks), but only rank 0 copies
+        them to CPU, into files of at most ``MAX_SHARD_BYTES``, so its host memory stays bounded. For Megatron
+        the model's HF config goes next to them, so that the folder loads like a Hugging Face checkpoint.
+        Then rank 0 keeps only the newest ``max_to_keep`` teacher folders next to ``local_path``'s step folder.
         """
         if self.ref is None:
             raise RuntimeError(f"save_teacher needs a worker with a ref engine, got role {self.role!r}")
         params, _ = self.ref.engine.get_per_tensor_param()
-        tensors = {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in params}
-        if torch.distributed.get_rank() == 0:
-            os.makedirs(local_path, exist_ok=True)
-            save_file(tensors, os.path.join(local_path, "model.safetensors"))
+        writer = ShardedSafetensorsWriter(local_path) if torch.distributed.get_rank() == 0 else None
+        for name, tensor in params:
+            if writer is not None:
+                writer.add(name, tensor.detach().to("cpu", copy=True).contiguous())
+        if writer is not None:
+            writer.close()
             if is_megatron(self.ref.engine):
                 self.ref.engine.model_config.hf_config.save_pretrained(local_path)
+            rotate_teacher_checkpoints(os.path.dirname(os.path.dirname(os.path.abspath(local_path))), max_to_keep)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def load_teacher(self, local_path: str) -> None:
@@ -272,5 +378,5 @@ class CreditActorRolloutRefWorker(ActorRolloutRefWorker):
         modules = _engine_modules(engine)
         if len(modules) != 1:
             raise NotImplementedError(f"expected one FSDP module in the ref engine, got {len(modules)}")
-        state = load_file(os.path.join(local_path, "model.safetensors"))
+        state = read_teacher_weights(local_path)
         set_model_state_dict(modules[0], state, options=StateDictOptions(full_state_dict=True))

@@ -4,7 +4,9 @@ Why a patch: verl 0.9.1's ``compute_advantage`` (``verl/trainer/ppo/ray_trainer.
 set of keys (``token_level_rewards``, ``response_mask``, ``config``, ``index``, ``reward_baselines``) to a
 registered estimator and offers no hook for more. CREDIT's estimator needs the teacher pass's fields.
 With this patch an estimator that carries a ``batch_inputs`` tuple of batch keys receives those present in
-``data.batch`` as keyword arguments; every other estimator goes through verl's function untouched.
+``data.batch`` as keyword arguments, together with ``compute_advantage``'s own ``norm_adv_by_std_in_grpo``
+(verl passes ``algorithm.norm_adv_by_std_in_grpo`` there; its GRPO branch reads it, a registered estimator
+would not get it); every other estimator goes through verl's function untouched.
 
 The wrapper is installed where the name is looked up at call time: ``ray_trainer.compute_advantage`` and
 the copy imported by the V1 trainer's ``verl.trainer.ppo.v1.utils``.
@@ -39,7 +41,8 @@ def _with_batch_inputs(original):
         batch_inputs = getattr(fn, "batch_inputs", ())
         if not batch_inputs:
             return original(data, adv_estimator, *args, **kwargs)
-        config = signature.bind(data, adv_estimator, *args, **kwargs).arguments.get("config")
+        bound = signature.bind(data, adv_estimator, *args, **kwargs)
+        bound.apply_defaults()
         if "response_mask" not in data.batch.keys():
             data.batch["response_mask"] = ray_trainer.compute_response_mask(data)
         inputs = {key: data.batch[key] for key in batch_inputs if key in data.batch.keys()}
@@ -47,7 +50,8 @@ def _with_batch_inputs(original):
             token_level_rewards=data.batch["token_level_rewards"],
             response_mask=data.batch["response_mask"],
             index=data.non_tensor_batch.get("uid"),
-            config=config,
+            config=bound.arguments["config"],
+            norm_adv_by_std_in_grpo=bound.arguments["norm_adv_by_std_in_grpo"],
             **inputs,
         )
         data.batch["advantages"] = advantages

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from credit_plugin.config import CreditConfig
+from credit_plugin.config import CONFIG_DIR, CreditConfig
 
 
 def test_defaults_are_the_method_defaults():
@@ -13,7 +16,7 @@ def test_defaults_are_the_method_defaults():
     assert (config.contrast_coef, config.num_negatives, config.negative_aggregate) == (1.0, 1, "mean")
     assert (config.granularity, config.topk, config.outcome_mix) == ("token", 100, 0.0)
     assert (config.teacher, config.teacher_update_rate, config.success_threshold) == ("ema", 0.05, 0.5)
-    assert config.max_reprompt_len == 10240 and config.is_clip == 2.0
+    assert config.max_reprompt_len == 10240 and config.is_clip is None
     assert config.reprompt_template == "{prompt}{solution}{feedback}\n\nCorrectly solve the original question."
     assert not config.is_sdpo and CreditConfig(contrast_coef=0).is_sdpo
 
@@ -52,23 +55,65 @@ def test_out_of_range_values_name_the_option(option, value, message):
         CreditConfig.from_dict({option: value})
 
 
-def test_plugin_yaml_composes_over_verl_ppo_trainer_and_mirrors_the_dataclass():
-    from dataclasses import fields
-
-    from hydra import compose, initialize_config_dir
-
-    from credit_plugin.config import CONFIG_DIR
-
+def _compose(*overrides: str):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        config = compose(config_name="credit_trainer", overrides=["credit.contrast_coef=0"])
+        return compose(config_name="credit_trainer", overrides=list(overrides))
+
+
+def test_plugin_yaml_composes_over_verl_ppo_trainer():
+    config = _compose("credit.contrast_coef=0")
     assert config.algorithm.adv_estimator == "credit"
     assert config.trainer.v1.trainer_mode == "credit"
     assert config.reward.reward_manager.name == "credit"
     assert config.actor_rollout_ref.rollout.n == 1 and "ppo_mini_batch_size" in config.actor_rollout_ref.actor
+    assert CreditConfig.from_dict(config.credit).is_sdpo
+
+
+# A legal non-default value for every option, written as on main_ppo's command line.
+COMMAND_LINE_VALUES = {
+    "contrast_coef": ("0.5", 0.5),
+    "num_negatives": ("3", 3),
+    "negative_aggregate": ("logmeanexp", "logmeanexp"),
+    "negative_seed": ("7", 7),
+    "granularity": ("logit", "logit"),
+    "topk": ("20", 20),
+    "distillation_add_tail": ("false", False),
+    "alpha": ("0.25", 0.25),
+    "is_clip": ("2.0", 2.0),
+    "outcome_mix": ("0.1", 0.1),
+    "teacher": ("frozen", "frozen"),
+    "teacher_update_rate": ("0.2", 0.2),
+    "success_threshold": ("0.9", 0.9),
+    "dont_reprompt_on_self_success": ("false", False),
+    "remove_thinking_from_demonstration": ("false", False),
+    "include_environment_feedback": ("false", False),
+    "feedback_only_without_solution": ("false", False),
+    "max_reprompt_len": ("512", 512),
+    "reprompt_truncation": ("left", "left"),
+    "reprompt_template": ("'Q: {prompt}{solution}{feedback} Again.'", "Q: {prompt}{solution}{feedback} Again."),
+    "solution_template": ("'Solved: {successful_previous_attempt}'", "Solved: {successful_previous_attempt}"),
+    "feedback_template": ("'Feedback: {feedback_raw}'", "Feedback: {feedback_raw}"),
+}
+
+
+def test_yaml_defaults_are_the_dataclass_defaults():
+    section = _compose().credit
+    assert set(section) == {field.name for field in fields(CreditConfig)}, "every option is in credit_defaults.yaml"
+    assert CreditConfig.from_dict(section) == CreditConfig()
+
+
+def test_every_option_is_settable_from_the_command_line():
+    assert set(COMMAND_LINE_VALUES) == {field.name for field in fields(CreditConfig)}
+    config = _compose(*(f"credit.{name}={text}" for name, (text, _) in COMMAND_LINE_VALUES.items()))
     credit = CreditConfig.from_dict(config.credit)
-    assert credit.is_sdpo
-    defaults = CreditConfig()
-    template_fields = {"reprompt_template", "solution_template", "feedback_template"}
-    assert set(config.credit) == {f.name for f in fields(CreditConfig)} - template_fields
-    for key in set(config.credit) - {"contrast_coef"}:
-        assert getattr(credit, key) == getattr(defaults, key), key
+    for name, (_, value) in COMMAND_LINE_VALUES.items():
+        assert getattr(credit, name) == value, name
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("topk", 20), ("alpha", 0.1), ("distillation_add_tail", False), ("is_clip", 2.0)]
+)
+def test_logit_only_options_are_refused_with_token_granularity(option, value):
+    with pytest.raises(ValueError, match=f"credit.{option} acts only with credit.granularity=logit"):
+        CreditConfig.from_dict({option: value})
+    assert getattr(CreditConfig.from_dict({option: value, "granularity": "logit"}), option) == value

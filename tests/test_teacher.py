@@ -445,3 +445,21 @@ def test_jagged_inputs_as_verl_stores_them_give_the_same_batch(tokenizer):
     from_jagged = build_teacher_batch(**kwargs, prompts=jagged(rollout))
     for key in ("input_ids", "position_ids", "prompts", "responses", "response_mask", "loss_mask"):
         assert rows(from_jagged, key) == rows(from_lists, key), key
+
+
+def test_masked_minus_inf_stays_out_of_the_teacher_scores(tokenizer):
+    """A response position outside the mask (e.g. a tool output) may score -inf: it must read back as 0."""
+    kwargs = make_batch(tokenizer, ["a", "a", "b", "b"], [1.0, 0.0, 1.0, 0.0], None)
+    kwargs["response_mask"] = [[1] * len(r) for r in kwargs["responses"]]
+    kwargs["response_mask"][1][1] = 0
+    batch = build_teacher_batch(**kwargs)
+    ends = batch.data["input_ids"].offsets()[1:]
+    lengths = batch.data["input_ids"].offsets().diff().tolist()
+    values = [-torch.rand(n, generator=torch.Generator().manual_seed(n)) for n in lengths]
+    response_length = len(kwargs["responses"][1])
+    for row in (1, 1 + batch.num_samples):  # sample 1, original and contrast variant
+        position = int(ends[row] - ends[row - 1]) - response_length - 1 + 1  # response token t = 1
+        values[row][position] = -float("inf")
+    teacher, contrast = split_teacher_log_probs(torch.nested.as_nested_tensor(values, layout=torch.jagged), batch)
+    assert torch.isfinite(teacher).all() and torch.isfinite(contrast).all()
+    assert teacher[1, 1] == 0 and contrast[1, 0, 1] == 0 and teacher[1, 0] != 0

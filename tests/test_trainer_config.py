@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+
+import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
+from verl.protocol import DataProto
 from verl.trainer.ppo.utils import Role
+from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+from verl.utils import tensordict_utils as tu
+from verl.utils.config import omega_conf_to_dataclass
+from verl.workers.utils.losses import ppo_loss
 
 from credit_plugin.config import CONFIG_DIR, CreditConfig
-from credit_plugin.trainer import CreditTrainer
+from credit_plugin.teacher import build_teacher_batch
+from credit_plugin.trainer import CreditTrainer, check_one_output_per_session, context_loss_scale, credit_options
 from credit_plugin.workers import CreditActorRolloutRefWorker
+
+# The upstream method CreditTrainer._compute_advantage mirrors (kept in the fast suite: no Ray needed).
+UPSTREAM_COMPUTE_ADVANTAGE_SHA256 = "2a4a2aa4a475b228d401959818e0b9019276ce27961c133961de217baa387da7"
+
+
+def test_upstream_compute_advantage_is_the_one_the_trainer_mirrors():
+    source = inspect.getsource(PPOTrainer._compute_advantage)
+    assert hashlib.sha256(source.encode()).hexdigest() == UPSTREAM_COMPUTE_ADVANTAGE_SHA256, (
+        "verl's PPOTrainer._compute_advantage changed: re-read CreditTrainer._compute_advantage against it"
+    )
 
 
 def _config(*overrides: str):
@@ -71,7 +93,173 @@ def test_hybrid_teachers_without_the_hybrid_engine_are_a_clear_error(teacher, mo
 
 def test_frozen_teacher_without_the_hybrid_engine_needs_verls_ref_worker(monkeypatch):
     monkeypatch.setattr(CreditTrainer, "_enable_hybrid_replicas", False, raising=False)
-    with pytest.raises(ValueError, match="use_kl_loss=true"):
+    with pytest.raises(ValueError, match="use_kl_loss=true with actor_rollout_ref.actor.kl_loss_coef=0"):
         _worker_mapping("credit.teacher=frozen")
     trainer = _worker_mapping("credit.teacher=frozen", "actor_rollout_ref.actor.use_kl_loss=true")
     assert set(trainer.role_worker_mapping) == {Role.Actor, Role.RefPolicy}
+
+
+def test_config_keeps_what_the_user_set_while_the_trainer_runs_sync():
+    config = _config()
+    trainer = CreditTrainer(config)
+    assert config.trainer.v1.trainer_mode == "credit", "the logged and saved config shows the user's setting"
+    assert trainer.trainer_mode == "sync"
+    assert type(trainer.replay_buffer) is ReplayBuffer, "sync semantics: not verl's async replay buffer"
+
+
+def test_sdpo_estimator_scores_one_variant_per_sample_even_with_one_prompt_group(tokenizer):
+    options = credit_options(_config("algorithm.adv_estimator=sdpo", "credit.contrast_coef=1.0"))
+    assert options.contrast_coef == 0 and options.is_sdpo
+    assert credit_options(_config("credit.contrast_coef=0.5")).contrast_coef == 0.5
+    # one prompt group: CREDIT could draw no negative, SDPO needs none
+    response = torch.tensor(tokenizer.encode("Answer: 5"))
+    batch = build_teacher_batch(
+        raw_prompt=[[{"role": "user", "content": "What is 2 + 3?"}]] * 2,
+        responses=[response, response],
+        response_mask=[torch.ones_like(response)] * 2,
+        uid=np.array(["a", "a"], dtype=object),
+        scores=[1.0, 0.0],
+        feedback=None,
+        tokenizer=tokenizer,
+        config=options,
+    )
+    assert batch.num_negatives == 0 and batch.num_rows == 2
+
+
+@pytest.mark.parametrize("aggregate", ["mean", "logmeanexp"])
+def test_teacher_metrics_are_finite_and_the_contrast_gap_follows_the_aggregate(aggregate):
+    gen = torch.Generator().manual_seed(0)
+    response_mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    teacher = -torch.rand(3, 3, generator=gen)
+    contrast = -torch.rand(3, 2, 3, generator=gen) * 2
+    old = -torch.rand(3, 3, generator=gen)
+    teacher[0, 2] = contrast[1, :, 1] = old[1, 2] = -float("inf")  # masked positions
+    data = DataProto.from_dict(
+        tensors={
+            "response_mask": response_mask,
+            "teacher_log_probs": teacher,
+            "contrast_log_probs": contrast,
+            "old_log_probs": old,
+            "self_distillation_mask": torch.tensor([1.0, 1.0, 0.0]),
+        }
+    )
+    trainer = CreditTrainer.__new__(CreditTrainer)
+    trainer.credit = CreditConfig(negative_aggregate=aggregate)
+    metrics = {}
+    trainer._teacher_metrics(data, torch.tensor([True, True, True]), metrics)
+    assert all(np.isfinite(value) for value in metrics.values()), metrics
+    finite = torch.where(response_mask.bool()[:, None], contrast, 0.0)
+    baseline = finite.mean(1) if aggregate == "mean" else finite.logsumexp(1) - np.log(2)
+    gap = (torch.where(response_mask.bool(), teacher - baseline, 0.0)).sum(-1)[:2].mean()
+    assert metrics["credit/contrast_gap_mean"] == pytest.approx(gap.item(), abs=1e-6)
+
+
+def _nested(rows: list[torch.Tensor]) -> torch.Tensor:
+    return torch.nested.as_nested_tensor(rows, layout=torch.jagged)
+
+
+def _verl_pg_loss(advantages: torch.Tensor, response_mask: torch.Tensor, delta: torch.Tensor, agg: str) -> float:
+    """verl's actor loss (``losses.ppo_loss``) on one mini-batch, with the token count its engine computes
+    from ``loss_mask`` (the response mask, as verl's agent loop stores it)."""
+    config = _config(f"actor_rollout_ref.actor.loss_agg_mode={agg}", "actor_rollout_ref.actor.use_dynamic_bsz=true")
+    actor = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
+    lengths = response_mask.sum(-1).long().tolist()
+    gen = torch.Generator().manual_seed(3)
+    old = -torch.rand(response_mask.shape, generator=gen)
+    rows = range(len(lengths))
+    data = tu.get_tensordict(
+        {
+            "prompts": _nested([torch.ones(2, dtype=torch.long)] * len(lengths)),
+            "responses": _nested([torch.ones(n, dtype=torch.long) for n in lengths]),
+            "response_mask": _nested([torch.ones(n, dtype=torch.long) for n in lengths]),
+            "old_log_probs": _nested([old[i, : lengths[i]] for i in rows]),
+            "advantages": _nested([advantages[i, : lengths[i]] for i in rows]),
+        },
+        non_tensor_dict={"dp_size": 1, "batch_num_tokens": int(response_mask.sum()), "global_batch_size": len(lengths)},
+    )
+    # model output over prompt ++ response: position p predicts token p + 1
+    log_probs = [
+        torch.cat([torch.zeros(1), old[i, : lengths[i]] + delta[i, : lengths[i]], torch.zeros(1)]) for i in rows
+    ]
+    loss, metrics = ppo_loss(actor, {"log_probs": _nested(log_probs)}, data)
+    return float(loss)
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_distillation_loss_averages_over_samples_with_context_as_sdpo(agg):
+    response_mask = torch.tensor([[1.0, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    context = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    gen = torch.Generator().manual_seed(0)
+    advantages = torch.randn(response_mask.shape, generator=gen) * response_mask * context[:, None]
+    delta = torch.randn(response_mask.shape, generator=gen) * 0.05  # ratios inside PPO's clip
+    per_token = -advantages * delta.exp()
+    kept = response_mask * context[:, None]
+    if agg == "token-mean":  # SDPO: mean over the tokens of samples with a teacher context
+        sdpo = (per_token * kept).sum() / kept.sum()
+    else:
+        sdpo = ((per_token * kept).sum(-1) / response_mask.sum(-1))[context.bool()].mean()
+    scale = context_loss_scale(response_mask, context, agg)
+    assert scale > 1
+    assert _verl_pg_loss(advantages * scale, response_mask, delta, agg) == pytest.approx(sdpo.item(), rel=1e-5)
+    assert _verl_pg_loss(advantages, response_mask, delta, agg) != pytest.approx(sdpo.item(), rel=1e-3)
+
+
+def test_loss_scale_only_without_outcome_mix():
+    b = {
+        "response_mask": torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]]),
+        "self_distillation_mask": torch.tensor([1.0, 0.0, 0.0]),
+        "advantages": torch.ones(3, 2),
+        "returns": torch.ones(3, 2),
+    }
+    for mix, expected in ((0.0, 5 / 2), (0.3, 1.0)):
+        trainer = CreditTrainer.__new__(CreditTrainer)
+        trainer.config, trainer.credit = _config(), CreditConfig(outcome_mix=mix)
+        data = DataProto.from_dict(tensors={key: value.clone() for key, value in b.items()})
+        metrics = {}
+        trainer._scale_to_context_mean(data, torch.tensor([True, True, True]), metrics)
+        # with a mix, the GRPO term acts on every sample: verl's denominator (all response tokens) stays
+        assert metrics["credit/loss_scale"] == pytest.approx(expected)
+        torch.testing.assert_close(data.batch["advantages"], torch.full((3, 2), expected))
+    # padding rows (verl's balance padding) do not count
+    assert context_loss_scale(b["response_mask"][:1], b["self_distillation_mask"][:1], "token-mean") == 1.0
+    assert context_loss_scale(b["response_mask"], b["self_distillation_mask"], "token-sum") == 1.0
+
+
+def test_ema_teacher_with_bf16_ref_storage_is_refused_at_start():
+    with pytest.raises(ValueError, match="credit.teacher=ema needs the ref engine's weights in fp32"):
+        _worker_mapping("credit.teacher=ema", "actor_rollout_ref.ref.fsdp_config.model_dtype=bf16")
+    _worker_mapping("credit.teacher=frozen", "actor_rollout_ref.ref.fsdp_config.model_dtype=bf16")
+
+
+def test_agent_loops_with_several_outputs_per_session_are_refused():
+    check_one_output_per_session(["u1_0_0", "u1_1_0", "u2_0_0", "pad-uid_3_0"])
+    with pytest.raises(ValueError, match=r"one output per agent-loop session; sessions \{'u1_1': 2\}"):
+        check_one_output_per_session(["u1_0_0", "u1_1_0", "u1_1_1", "u2_0_0"])
+
+
+class _DispatchInfo:
+    """The dispatch bookkeeping of a verl worker group with ``dp`` data-parallel ranks on every mesh."""
+
+    def __init__(self, dp: int):
+        self._dispatch_info = {}
+        self.dp = dp
+
+    def _query_dispatch_info(self, mesh: str) -> list[int]:
+        return list(range(self.dp))
+
+    def compute_ref_log_prob(self, data):
+        raise AssertionError("not called")
+
+
+def test_teacher_rows_pad_to_dp_times_micro_batch_and_a_missing_size_is_named():
+    trainer = CreditTrainer.__new__(CreditTrainer)
+    trainer.config = _config(
+        "actor_rollout_ref.ref.log_prob_use_dynamic_bsz=false",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=5",
+    )
+    trainer.credit = CreditConfig(teacher="frozen")
+    trainer.actor_rollout_wg = trainer.ref_policy_wg = _DispatchInfo(dp=2)
+    assert trainer._teacher_row_multiple() == 10
+    trainer.config.actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu = None
+    with pytest.raises(ValueError, match="needs log_prob_micro_batch_size_per_gpu or log_prob_use_dynamic_bsz=true"):
+        trainer._teacher_row_multiple()

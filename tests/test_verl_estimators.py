@@ -152,3 +152,56 @@ def test_stock_verl_loads_the_plugin_through_its_entry_point():
     assert disabled.returncode != 0
     loud = _fresh_python(code, VERL_USE_EXTERNAL_PLUGINS="none", VERL_USE_EXTERNAL_MODULES="credit_plugin")
     assert loud.returncode == 0, loud.stderr[-2000:]
+
+
+def _with_kl_penalty(data: DataProto, coef: float) -> DataProto:
+    """verl's own ``apply_kl_penalty`` (``algorithm.use_kl_in_reward``) over the batch, with a fixed beta."""
+    gen = torch.Generator().manual_seed(1)
+    data.batch["token_level_scores"] = data.batch["token_level_rewards"].clone()
+    data.batch["ref_log_prob"] = -torch.rand(data.batch["old_log_probs"].shape, generator=gen) * 3
+    data, _ = ray_trainer.apply_kl_penalty(data, core_algos.FixedKLController(coef), kl_penalty="kl")
+    return data
+
+
+@pytest.mark.parametrize("estimator", ["credit", "sdpo"])
+def test_kl_in_reward_reaches_the_advantages_as_the_per_token_penalty(estimator):
+    plain = ray_trainer.compute_advantage(_batch(), adv_estimator=estimator, config=_algorithm())
+    data = ray_trainer.compute_advantage(_with_kl_penalty(_batch(), 0.2), adv_estimator=estimator, config=_algorithm())
+    b = data.batch
+    penalty = -0.2 * (b["old_log_probs"] - b["ref_log_prob"]) * b["response_mask"]
+    context = b["response_mask"] * b["self_distillation_mask"][:, None]
+    assert penalty.abs().sum() > 0
+    torch.testing.assert_close(b["advantages"] - plain.batch["advantages"], penalty * context, rtol=0, atol=1e-6)
+
+
+def test_kl_in_reward_with_an_outcome_mix_enters_both_terms():
+    config = _algorithm(outcome_mix=0.25)
+    data = ray_trainer.compute_advantage(_with_kl_penalty(_batch(), 0.2), adv_estimator="credit", config=config)
+    b = data.batch
+    context = b["response_mask"] * b["self_distillation_mask"][:, None]
+    penalty = (b["token_level_rewards"] - b["token_level_scores"]) * context
+    grpo, _ = core_algos.compute_grpo_outcome_advantage(
+        b["token_level_rewards"], b["response_mask"], data.non_tensor_batch["uid"]
+    )
+    expected = 0.25 * grpo + 0.75 * (_by_hand(data, 1.0) + penalty)
+    torch.testing.assert_close(b["advantages"], expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_outcome_mix_follows_verls_norm_adv_by_std_in_grpo(norm):
+    data = _batch()
+    keys = [f"{uid}_0_{i}" for i, uid in enumerate(data.non_tensor_batch["uid"])]
+    config = _algorithm(outcome_mix=1.0)
+    out = compute_advantage_for_multi_trajectories(data, keys, "credit", norm_adv_by_std_in_grpo=norm, config=config)
+    b = out.batch
+    grpo, _ = core_algos.compute_grpo_outcome_advantage(
+        b["token_level_rewards"], b["response_mask"], out.non_tensor_batch["uid"], norm_adv_by_std_in_grpo=norm
+    )
+    torch.testing.assert_close(b["advantages"], grpo, rtol=0, atol=1e-6)
+
+
+def test_the_plugin_has_no_copy_of_verls_norm_adv_option():
+    with pytest.raises(ValueError, match="set algorithm.norm_adv_by_std_in_grpo instead"):
+        ray_trainer.compute_advantage(
+            _batch(), adv_estimator="credit", config=_algorithm(norm_adv_by_std_in_grpo=False)
+        )

@@ -5,8 +5,10 @@
     python recipes/tiny_cpu/demo.py --compare             # CREDIT, SDPO and GRPO side by side
     python recipes/tiny_cpu/demo.py -- trainer.total_training_steps=3   # extra Hydra overrides
 
-Each run writes ``<run-dir>/<algo>/metrics.jsonl`` (verl's file logger), ``command.txt`` and ``train.log``,
-and prints one line per step. The tiny model and parquet files are built once under ``<run-dir>/assets``.
+Each run writes ``<run-dir>/<algo>/metrics.jsonl`` (verl's file logger records), ``command.txt`` and ``train.log``,
+and prints one line per step. Run again in the same ``--run-dir`` after a crash, verl resumes from the latest
+checkpoint (``trainer.save_freq``) and ``metrics.jsonl`` keeps the steps up to it.
+The tiny model and parquet files are built once under ``<run-dir>/assets`` (or ``--assets``, to share them).
 This is a development and CI recipe: the ``hf_cpu`` rollout generates with transformers; GPU users keep vLLM.
 """
 
@@ -23,6 +25,7 @@ from pathlib import Path
 # This process only builds assets and watches the run, but importing the plugin loads verl: keep it on CPU.
 os.environ.setdefault("VERL_PLATFORM", "cpu")
 RECIPE_DIR = Path(__file__).resolve().parent
+POLL_S = 2.0  # how often the metrics file is read while main_ppo runs
 ALGOS = {
     "credit": [],
     "sdpo": ["credit.contrast_coef=0"],
@@ -80,30 +83,55 @@ def _print_step(record: dict) -> None:
     print(f"  step {record.get('step', data.get('training/global_step', '?'))}: " + "  ".join(cells), flush=True)
 
 
+def resume_step(checkpoints: Path, extra: list[str]) -> int:
+    """The step verl's ``resume_mode=auto`` resumes from (``latest_checkpointed_iteration.txt``), 0 for none."""
+    latest = checkpoints / "latest_checkpointed_iteration.txt"
+    if "trainer.resume_mode=disable" in extra or not latest.exists():
+        return 0
+    return int(latest.read_text().strip())
+
+
+def keep_history(metrics: Path, step: int) -> int:
+    """Truncate ``metrics`` to the records up to ``step`` (the resumed run logs the later ones again).
+
+    verl's file logger opens its file for writing, so each attempt logs to its own file and :func:`_show_new`
+    appends the attempt's records here: a resumed run keeps the steps before its checkpoint. Returns how
+    many records were kept.
+    """
+    lines = metrics.read_text().splitlines() if metrics.exists() and step > 0 else []
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    metrics.write_text("".join(line + "\n" for line in kept))
+    return len(kept)
+
+
 def run(algo: str, run_root: Path, assets: tuple[Path, Path, Path], steps: int, extra: list[str]) -> Path:
-    """One ``main_ppo`` run; streams per-step metrics from its JSONL and returns the metrics path."""
+    """One ``main_ppo`` run (resumed from its latest checkpoint if any, as verl does); streams per-step metrics
+    from its JSONL into ``metrics.jsonl`` and returns that path."""
     run_dir = run_root / algo
     run_dir.mkdir(parents=True, exist_ok=True)
-    metrics = run_dir / "metrics.jsonl"
-    metrics.unlink(missing_ok=True)
+    metrics, attempt = run_dir / "metrics.jsonl", run_dir / "metrics.attempt.jsonl"
+    resumed = resume_step(run_dir / "checkpoints", extra)
+    kept = keep_history(metrics, resumed)
+    attempt.unlink(missing_ok=True)
     argv = command(algo, run_dir, *assets, steps, extra)
     (run_dir / "command.txt").write_text(" ".join(argv) + "\n")
     env_vars = {
         "VERL_PLATFORM": "cpu",
         "VERL_USE_EXTERNAL_MODULES": "credit_plugin",
-        "VERL_FILE_LOGGER_PATH": str(metrics),
+        "VERL_FILE_LOGGER_PATH": str(attempt),
     }
     # Ray's workers get the variables through the runtime env as well as by inheritance.
     argv += [f"+ray_kwargs.ray_init.runtime_env.env_vars.{key}={value}" for key, value in env_vars.items()]
     env = {**os.environ, **env_vars, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"}
-    print(f"[{algo}] verl.trainer.main_ppo, {steps} steps; log: {run_dir / 'train.log'}", flush=True)
+    resuming = f", resuming after step {resumed} ({kept} steps of history kept)" if resumed else ""
+    print(f"[{algo}] verl.trainer.main_ppo, {steps} steps{resuming}; log: {run_dir / 'train.log'}", flush=True)
     start, shown = time.time(), 0
-    with open(run_dir / "train.log", "w") as log:
+    with open(run_dir / "train.log", "a" if resumed else "w") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         while process.poll() is None:
-            time.sleep(2)
-            shown = _show_new(metrics, shown)
-        shown = _show_new(metrics, shown)
+            time.sleep(POLL_S)
+            shown = _show_new(attempt, metrics, shown)
+        shown = _show_new(attempt, metrics, shown)
     if process.returncode != 0:
         tail = (run_dir / "train.log").read_text().splitlines()[-40:]
         raise SystemExit(f"[{algo}] main_ppo failed with exit code {process.returncode}:\n" + "\n".join(tail))
@@ -111,12 +139,16 @@ def run(algo: str, run_root: Path, assets: tuple[Path, Path, Path], steps: int, 
     return metrics
 
 
-def _show_new(metrics: Path, shown: int) -> int:
-    if not metrics.exists():
+def _show_new(attempt: Path, metrics: Path, shown: int) -> int:
+    """Print and append to ``metrics`` the complete lines of ``attempt`` past the first ``shown``."""
+    if not attempt.exists():
         return shown
-    lines = metrics.read_text().splitlines()
-    for line in lines[shown:]:
-        _print_step(json.loads(line))
+    text = attempt.read_text()
+    lines = text.splitlines()[: text.count("\n")]  # a line being written has no newline yet
+    with open(metrics, "a") as out:
+        for line in lines[shown:]:
+            _print_step(json.loads(line))
+            out.write(line + "\n")
     return len(lines)
 
 
@@ -140,9 +172,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", type=Path, default=Path("runs/tiny_cpu"))
+    parser.add_argument(
+        "--assets", type=Path, default=None, help="tiny model and data folder (default <run-dir>/assets)"
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for main_ppo")
     args = parser.parse_args()
-    assets = prepare_assets(args.run_dir / "assets", args.seed)
+    assets = prepare_assets(args.assets or args.run_dir / "assets", args.seed)
     algos = list(ALGOS) if args.compare else [args.algo]
     paths = {algo: run(algo, args.run_dir, assets, args.steps, args.overrides) for algo in algos}
     compare(paths)

@@ -3,7 +3,10 @@
 rollout (hf_cpu) -> reward with feedback -> old log-probs -> teacher pass -> CREDIT advantages -> actor
 update -> EMA teacher update -> metrics. Checks the metrics were written, the actor's weights moved, and
 the teacher followed ``teacher_k = (1 - tau) * teacher_{k-1} + tau * actor_k`` from the initial model.
-The same loop with the ``trust_region`` teacher checks the trainer starts the worker it needs.
+Dynamic batch size is off for actor, rollout and ref in these runs (fixed micro-batch sizes, as most of
+verl's own recipes set them: the teacher pass pads its rows to data-parallel size times micro-batch size),
+for every teacher kind; the EMA run is then resumed for one more step with the recipe's dynamic batch size,
+which reloads the saved teacher and keeps the metrics history.
 """
 
 from __future__ import annotations
@@ -17,25 +20,47 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-pytestmark = pytest.mark.e2e
+# the first run builds the tiny model and data (minutes on a busy machine), beyond pytest.ini's 600 s
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS, TAU = 2, 0.05
 
 
-def _demo(root: Path, *overrides: str) -> list[dict]:
-    """Run the tiny CPU recipe for STEPS steps; returns the per-step metrics verl's file logger wrote."""
-    command = [sys.executable, str(REPO / "recipes/tiny_cpu/demo.py"), "--steps", str(STEPS), "--run-dir", str(root)]
+# The rollout's size must divide verl's own old-log-prob batch (32 rows); the ref's 5 does not divide the
+# teacher pass's 2 * 32 rows, so the frozen and ema runs send padding rows.
+FIXED_MICRO_BATCHES = (
+    "actor_rollout_ref.actor.use_dynamic_bsz=false",
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
+    "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=false",
+    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
+    "actor_rollout_ref.ref.log_prob_use_dynamic_bsz=false",
+    "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=5",
+)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> Path:
+    """One tiny model and data set for every run of the module (built by the first run)."""
+    return tmp_path_factory.mktemp("tiny_cpu_assets")
+
+
+def _demo(root: Path, assets: Path, *overrides: str, steps: int = STEPS) -> list[dict]:
+    """Run the tiny CPU recipe for ``steps`` steps; returns the per-step metrics verl's file logger wrote."""
+    command = [sys.executable, str(REPO / "recipes/tiny_cpu/demo.py"), "--steps", str(steps), "--run-dir", str(root)]
+    command += ["--assets", str(assets)]
     result = subprocess.run([*command, "--", *overrides], capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return [json.loads(line)["data"] for line in (root / "credit/metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(tmp_path_factory, assets) -> Path:
     root = tmp_path_factory.mktemp("tiny_cpu_smoke")
     _demo(
         root,
+        assets,
+        *FIXED_MICRO_BATCHES,
         "trainer.save_freq=1",
         "actor_rollout_ref.actor.checkpoint.save_contents=[model,extra,hf_model]",
         f"credit.teacher_update_rate={TAU}",
@@ -61,9 +86,9 @@ def test_metrics_show_teacher_pass_baseline_and_update(run_dir):
         assert record["credit/teacher_ema_max_change"] > 0
 
 
-def test_actor_moved_and_teacher_followed_the_ema_rule(run_dir):
+def test_actor_moved_and_teacher_followed_the_ema_rule(run_dir, assets):
     checkpoints = run_dir / "credit/checkpoints"
-    teacher = _weights(run_dir / "assets/model/model.safetensors")
+    teacher = _weights(assets / "model/model.safetensors")
     initial = dict(teacher)
     for step in range(1, STEPS + 1):
         actor = _weights(checkpoints / f"global_step_{step}/actor/huggingface/model.safetensors")
@@ -77,9 +102,35 @@ def test_actor_moved_and_teacher_followed_the_ema_rule(run_dir):
         teacher = saved
 
 
-def test_trust_region_teacher_runs_the_loop(tmp_path):
-    records = _demo(tmp_path, "credit.teacher=trust_region", "credit.teacher_update_rate=0.5")
+@pytest.mark.parametrize(
+    ("teacher", "overrides"),
+    [("trust_region", ["credit.teacher_update_rate=0.5"]), ("frozen", []), ("current", [])],
+)
+def test_every_teacher_runs_the_loop_with_fixed_micro_batch_sizes(tmp_path, assets, teacher, overrides):
+    records = _demo(tmp_path, assets, *FIXED_MICRO_BATCHES, f"credit.teacher={teacher}", *overrides)
     assert len(records) == STEPS
     assert all(record["actor/grad_norm"] > 0 and abs(record["credit/baseline_mean"]) > 0 for record in records)
     assert all(0 < record["credit/teacher/context_fraction"] <= 1 for record in records)
     assert not any("credit/teacher_ema_max_change" in record for record in records)
+
+
+def test_a_resumed_ema_run_keeps_its_history_and_continues_from_its_teacher(run_dir, assets):
+    """Resume the EMA run above (checkpoints every step) for a third step, with dynamic batch size."""
+    records = _demo(
+        run_dir,
+        assets,
+        "trainer.save_freq=1",
+        "actor_rollout_ref.actor.checkpoint.save_contents=[model,extra,hf_model]",
+        f"credit.teacher_update_rate={TAU}",
+        steps=STEPS + 1,
+    )
+    lines = (run_dir / "credit/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(1, STEPS + 2)), "history kept on resume"
+    assert records[-1]["credit/teacher_ema_max_change"] > 0
+    checkpoints = run_dir / "credit/checkpoints"
+    previous = _weights(checkpoints / f"global_step_{STEPS}/teacher/model.safetensors")
+    actor = _weights(checkpoints / f"global_step_{STEPS + 1}/actor/huggingface/model.safetensors")
+    saved = _weights(checkpoints / f"global_step_{STEPS + 1}/teacher/model.safetensors")
+    for name, value in saved.items():
+        expected = (1 - TAU) * previous[name] + TAU * actor[name]
+        torch.testing.assert_close(value, expected, rtol=0, atol=1e-5, msg=name)

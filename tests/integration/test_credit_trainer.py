@@ -4,9 +4,6 @@ the formula computed with plain transformers forwards."""
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-
 import numpy as np
 import pytest
 import ray
@@ -16,7 +13,6 @@ import transformers
 from conftest import label_log_probs, load_model, response_logits
 from safetensors.torch import load_file, save_file
 from transfer_queue import KVBatchMeta
-from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.utils.padding import response_from_nested
 
@@ -27,9 +23,6 @@ from credit_plugin.trainer import CreditTrainer
 from credit_plugin.workers import CreditActorRolloutRefWorker
 
 pytestmark = pytest.mark.ray
-
-# The upstream method CreditTrainer._compute_advantage mirrors.
-UPSTREAM_COMPUTE_ADVANTAGE_SHA256 = "2a4a2aa4a475b228d401959818e0b9019276ce27961c133961de217baa387da7"
 
 STEP, SEED, K = 3, 11, 2
 TAU = 0.3  # trust-region mix, far from both ends so that a wrong mix shows
@@ -43,13 +36,6 @@ SAMPLES = [
     (2, "Answer: 321", 0.0, ""),
     (2, "Answer: 312", 0.0, None),
 ]
-
-
-def test_upstream_compute_advantage_is_the_one_the_trainer_mirrors():
-    source = inspect.getsource(PPOTrainer._compute_advantage)
-    assert hashlib.sha256(source.encode()).hexdigest() == UPSTREAM_COMPUTE_ADVANTAGE_SHA256, (
-        "verl's PPOTrainer._compute_advantage changed: re-read CreditTrainer._compute_advantage against it"
-    )
 
 
 @pytest.fixture(scope="module")
@@ -208,9 +194,14 @@ def _run_compute_advantage(trainer: CreditTrainer, worker_group, method: str, pr
     return stored["advantages"].unbind(), metrics, calls
 
 
-def _assert_rows_close(got_rows, expected) -> None:
+def _assert_rows_close(got_rows, expected, loss_scale: float) -> None:
+    """``loss_scale``: the trainer scales the advantages so that verl's loss averages over samples with a
+    teacher context (SDPO's normalisation): all response tokens / those of samples with a context."""
+    with_context = [want for want in expected if want.abs().sum() > 0]
+    tokens = sum(len(want) for want in expected) / sum(len(want) for want in with_context)
+    assert loss_scale == pytest.approx(tokens)
     for row, (got, want) in enumerate(zip(got_rows, expected, strict=True)):
-        torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-4, msg=f"sample {row}")
+        torch.testing.assert_close(got.double(), want * loss_scale, rtol=0, atol=1e-4, msg=f"sample {row}")
 
 
 @pytest.mark.parametrize("teacher", ["frozen", "current"])
@@ -222,7 +213,8 @@ def test_compute_advantage_equals_the_credit_formula(stack, model_dir, tokenizer
 
     assert calls == [(1 + K) * len(SAMPLES)], "all 1+K variants of every sample in one worker call"
     uids = np.array([f"{teacher}-{group}" for group, *_ in SAMPLES], dtype=object)
-    _assert_rows_close(advantages, _expected_advantages(model_dir, tokenizer, trainer.credit, uids))
+    expected = _expected_advantages(model_dir, tokenizer, trainer.credit, uids)
+    _assert_rows_close(advantages, expected, metrics["credit/loss_scale"])
     assert metrics["credit/teacher/context_fraction"] == pytest.approx(3 / 6)
     assert set(metrics) >= {"credit/pmi_mean", "credit/baseline_mean", "credit/contrast_gap_mean"}
     # Rows without a teacher context were scored under their original prompt by unchanged weights.
@@ -257,7 +249,8 @@ def test_trust_region_teacher_mixes_frozen_and_current_logits(stack, model_dir, 
         return torch.lerp(response_logits(frozen, prompt, response), response_logits(actor, prompt, response), TAU)
 
     uids = np.array([f"trust-{group}" for group, *_ in SAMPLES], dtype=object)
-    _assert_rows_close(advantages, _expected_advantages(model_dir, tokenizer, trainer.credit, uids, mixed))
+    expected = _expected_advantages(model_dir, tokenizer, trainer.credit, uids, mixed)
+    _assert_rows_close(advantages, expected, metrics["credit/loss_scale"])
     # Plain rows show the mixed teacher's drift from the actor: a test that the frozen model took part.
     assert metrics["credit/teacher_sanity_gap"] > 1e-3
 
