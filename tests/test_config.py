@@ -72,6 +72,8 @@ def test_plugin_yaml_composes_over_verl_ppo_trainer():
 # A legal non-default value for every option, written as on main_ppo's command line.
 COMMAND_LINE_VALUES = {
     "contrast_coef": ("0.5", 0.5),
+    "contrast_form": ("logprob", "logprob"),
+    "contrast_centering": ("batch", "batch"),
     "num_negatives": ("3", 3),
     "negative_aggregate": ("logmeanexp", "logmeanexp"),
     "negative_seed": ("7", 7),
