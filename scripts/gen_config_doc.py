@@ -39,9 +39,10 @@ DESCRIPTIONS = {
     "topk": "`logit` granularity: number of teacher logits distilled",
     "distillation_add_tail": "`logit` granularity: add a bucket for the probability mass outside the top-k",
     "alpha": "`logit` granularity: generalised JSD, `0` forward KL, `1` reverse KL, `0.5` JSD",
-    "is_clip": "clip of the importance ratio of the distillation term (>= 1); `null` disables it",
-    "outcome_mix": "`mix * A_grpo + (1 - mix) * A_credit`: blend in GRPO's outcome advantage (0 = pure CREDIT)",
-    "norm_adv_by_std_in_grpo": "with `outcome_mix > 0`: divide the GRPO part by the group's reward std",
+    "is_clip": "`logit` granularity: clip of the importance ratio of the distillation term (>= 1; SDPO uses 2.0); "
+    "must stay `null` with `token`, whose ratio clip is verl's `actor.clip_ratio_low/high`",
+    "outcome_mix": "`mix * A_grpo + (1 - mix) * A_credit`: blend in GRPO's outcome advantage (0 = pure CREDIT); "
+    "`A_grpo` follows verl's `algorithm.norm_adv_by_std_in_grpo`",
     "teacher": "teacher weights: `frozen` (initial model, verl's ref), `current` (the actor), `ema` (moving average "
     "of the actor), `trust_region` (logit mix of frozen and current)",
     "teacher_update_rate": "tau: EMA rate of the `ema` teacher, or the mix coefficient of `trust_region`",
