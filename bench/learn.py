@@ -78,7 +78,7 @@ VARIANTS = {
         ),
     )
 }
-DEFAULT_VARIANTS = ("grpo", "sdpo", "credit", "credit_logprob_l1")
+DEFAULT_VARIANTS = ("grpo", "sdpo", "credit", "credit_reward_l0.25", "credit_logprob_l1")
 QUICK_VARIANTS = ("grpo", "credit")
 
 
@@ -89,7 +89,7 @@ class Setting:
     steps: int = 16
     prompts_per_step: int = 16
     samples_per_prompt: int = 4
-    lr: float = 2e-4
+    lr: float = 5e-4
     n_train: int = 512
     n_val: int = 128
     kinds: tuple[str, ...] = RL_KINDS
@@ -301,12 +301,13 @@ def main() -> None:
     earlier = _earlier_runs(args.out / "results.json", results["setting"])
     started = time.time()
     for name in variants:
-        variant = VARIANTS[name]
-        done = {run["seed"]: run for run in earlier.get(name, [])}
-        results["runs"][name] = [done[seed] for seed in seeds if seed in done]
-        for seed in seeds:
-            if seed in done:
+        results["runs"][name] = [run for run in earlier.get(name, []) if run["seed"] in seeds]
+    # Seed-major: an interrupted bench still has every variant of the first seeds.
+    for seed in seeds:
+        for name in variants:
+            if any(run["seed"] == seed for run in results["runs"][name]):
                 continue
+            variant = VARIANTS[name]
             root = args.out / name / f"seed{seed}"
             extra = [*variant.overrides, *setting.overrides(seed)]
             try:

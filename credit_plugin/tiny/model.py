@@ -34,7 +34,7 @@ STAMP_FILE = "tiny_model_stamp.json"
 # and the teacher have something to move; arithmetic and sorting stay near 0 and give no signal at all.
 RL_KINDS = ("reverse",)
 # Bump when the training recipe changes so cached directories are rebuilt.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 
 def qwen_tokenizer_dir() -> Path:

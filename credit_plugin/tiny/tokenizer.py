@@ -11,8 +11,11 @@ system message. Fitting is deterministic given the seed.
 
 from __future__ import annotations
 
+import json
 import random
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -45,11 +48,15 @@ def _corpus(seed: int, kinds: tuple[str, ...]) -> Iterator[str]:
         yield f"Answer: {problem.answer}{EOS_TOKEN}"
 
 
-def build_task_tokenizer(seed: int = 0, kinds: tuple[str, ...] = KINDS) -> transformers.PreTrainedTokenizerFast:
-    """Fit the task tokenizer (about a second) and wrap it for transformers and verl.
+def build_task_tokenizer(seed: int = 0, kinds: tuple[str, ...] = KINDS) -> transformers.PreTrainedTokenizerBase:
+    """Fit the task tokenizer (about a second) and return it exactly as transformers loads it next to the model.
+
+    ``AutoTokenizer`` picks the tokenizer class from the model's type (``Qwen2Tokenizer``, which brings Qwen's
+    own pre-tokenizer: digits split one by one), whatever class saved it. verl loads it that way, so the
+    pre-training must use that same tokenizer, not the one fitted in memory.
 
     Returns:
-        A fast tokenizer with ``eos = <|im_end|>``, ``pad = <|endoftext|>`` and the ChatML template.
+        A tokenizer with ``eos = <|im_end|>``, ``pad = <|endoftext|>`` and the ChatML template.
     """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -65,4 +72,7 @@ def build_task_tokenizer(seed: int = 0, kinds: tuple[str, ...] = KINDS) -> trans
         tokenizer_object=tokenizer, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN, clean_up_tokenization_spaces=False
     )
     wrapped.chat_template = CHAT_TEMPLATE
-    return wrapped
+    with tempfile.TemporaryDirectory() as folder:
+        wrapped.save_pretrained(folder)
+        (Path(folder) / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+        return transformers.AutoTokenizer.from_pretrained(folder)
