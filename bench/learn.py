@@ -78,7 +78,7 @@ VARIANTS = {
         ),
     )
 }
-DEFAULT_VARIANTS = ("grpo", "sdpo", "credit", "credit_reward_l0.25", "credit_logprob_l1")
+DEFAULT_VARIANTS = ("grpo", "sdpo", "credit", "credit_reward_l1", "credit_logprob_l1")
 QUICK_VARIANTS = ("grpo", "credit")
 
 

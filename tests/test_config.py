@@ -13,7 +13,8 @@ from credit_plugin.config import CONFIG_DIR, CreditConfig
 
 def test_defaults_are_the_method_defaults():
     config = CreditConfig()
-    assert (config.contrast_coef, config.num_negatives, config.negative_aggregate) == (1.0, 1, "mean")
+    assert (config.contrast_coef, config.num_negatives, config.negative_aggregate) == (0.25, 1, "mean")
+    assert (config.contrast_form, config.contrast_centering) == ("reward", "none")
     assert (config.granularity, config.topk, config.outcome_mix) == ("token", 100, 0.0)
     assert (config.teacher, config.teacher_update_rate, config.success_threshold) == ("ema", 0.05, 0.5)
     assert config.max_reprompt_len == 10240 and config.is_clip is None

@@ -74,8 +74,10 @@ def test_actor_and_ref_log_probs_match_transformers(ray_cluster, model_dir, toke
     for i, response in enumerate(responses):
         assert actor_log_probs[i].shape == (len(response),)
         torch.testing.assert_close(actor_log_probs[i].double(), expected_log_probs[i], rtol=0, atol=1e-4)
-        # Entropy sums fp32 terms over the whole 151k-token vocabulary: a few 1e-4 of rounding.
-        torch.testing.assert_close(actor_entropy[i].double(), expected_entropy[i], rtol=0, atol=1e-3)
+        # Entropy sums fp32 terms over the whole 151,936-token vocabulary (worst-case rounding n * eps ~ 9e-3).
+        # Measured 1.7e-3 on one position with the dependencies of 2026-11-30, on the base commit as well (it was
+        # a few 1e-4 before): verl's fp32 entropy, not the log-probs, which still match to 1e-4 above.
+        torch.testing.assert_close(actor_entropy[i].double(), expected_entropy[i], rtol=0, atol=5e-3)
         torch.testing.assert_close(ref_log_probs[i].double(), expected_log_probs[i], rtol=0, atol=1e-4)
 
 
