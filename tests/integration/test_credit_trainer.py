@@ -168,7 +168,9 @@ def _expected_advantages(
             for question in questions
         ]
         teacher, contrast = scores[0], torch.stack(scores[1:])
-        expected.append(teacher - config.contrast_coef * contrast.mean(0) - student)
+        # the contrast term of credit.contrast_form (docs/method.md), written out independently of rewards.py
+        subtracted = contrast.mean(0) - (student if config.contrast_form == "reward" else 0.0)
+        expected.append(teacher - student - config.contrast_coef * subtracted)
     return expected
 
 
