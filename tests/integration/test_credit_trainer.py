@@ -18,6 +18,7 @@ from verl.workers.utils.padding import response_from_nested
 
 from credit_plugin.config import CreditConfig
 from credit_plugin.cpu.workers import build_log_prob_batch, compose_cpu_config, create_worker_groups, ray_init_kwargs
+from credit_plugin.diagnostics import AdvantageDriftWatch
 from credit_plugin.negatives import negatives_generator, sample_negatives
 from credit_plugin.trainer import CreditTrainer
 from credit_plugin.workers import CreditActorRolloutRefWorker
@@ -121,6 +122,7 @@ def _trainer(config, worker_group, tokenizer, teacher: str) -> CreditTrainer:
     trainer.ref_policy_wg = worker_group
     trainer.global_steps = STEP
     trainer.timing_raw = {}
+    trainer.advantage_watch = AdvantageDriftWatch()
     return trainer
 
 
