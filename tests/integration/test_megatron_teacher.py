@@ -109,7 +109,8 @@ def test_teacher_pass_at_tp2_equals_the_credit_formula_and_tp1(stack, model_dir,
     assert calls == [(1 + K) * len(SAMPLES)], "all 1+K variants of every sample in one worker call"
     uids = np.array([f"mcore-{teacher}-{group}" for group, *_ in SAMPLES], dtype=object)
     trainer = _trainer(stack[0][2], stack[1][2], tokenizer, teacher)
-    _assert_rows_close(advantages, _expected_advantages(model_dir, tokenizer, trainer.credit, uids))
+    expected = _expected_advantages(model_dir, tokenizer, trainer.credit, uids)
+    _assert_rows_close(advantages, expected, metrics["credit/loss_scale"])
     assert metrics["credit/teacher_sanity_gap"] < 1e-4
 
     # The same batch on two data-parallel ranks of TP=1: rows padded to a multiple of the DP size.
@@ -149,7 +150,7 @@ def test_ema_teacher_follows_the_actor_shard_by_shard(stack, model_dir, tokenize
             results[tp], metrics, _ = _advantages(stack, tokenizer, tp, "ema", prefix=f"tp{tp}-ema-")
         finally:
             groups[tp].load_teacher(str(model_dir))
-        _assert_rows_close(results[tp], expected)
+        _assert_rows_close(results[tp], expected, metrics["credit/loss_scale"])
         # Plain rows show the teacher's drift from the actor: the EMA teacher is not the actor.
         assert metrics["credit/teacher_sanity_gap"] > 1e-3
     for got, want in zip(results[2], results[1], strict=True):
