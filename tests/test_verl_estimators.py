@@ -175,7 +175,7 @@ def test_kl_in_reward_reaches_the_advantages_as_the_per_token_penalty(estimator)
 
 
 def test_kl_in_reward_with_an_outcome_mix_enters_both_terms():
-    config = _algorithm(outcome_mix=0.25)
+    config = _algorithm(outcome_mix=0.25, contrast_coef=0.5)
     data = ray_trainer.compute_advantage(_with_kl_penalty(_batch(), 0.2), adv_estimator="credit", config=config)
     b = data.batch
     context = b["response_mask"] * b["self_distillation_mask"][:, None]
@@ -183,7 +183,7 @@ def test_kl_in_reward_with_an_outcome_mix_enters_both_terms():
     grpo, _ = core_algos.compute_grpo_outcome_advantage(
         b["token_level_rewards"], b["response_mask"], data.non_tensor_batch["uid"]
     )
-    expected = 0.25 * grpo + 0.75 * (_by_hand(data, 1.0) + penalty)
+    expected = 0.25 * grpo + 0.75 * (_by_hand(data, 0.5) + penalty)
     torch.testing.assert_close(b["advantages"], expected, rtol=0, atol=1e-5)
 
 
