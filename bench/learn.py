@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("VERL_PLATFORM", "cpu")
-from credit_plugin.tiny.model import RL_KINDS  # noqa: E402  (after the platform choice, as the demo)
+from credit_plugin.dev.tiny.model import RL_KINDS  # noqa: E402  (after the platform choice, as the demo)
 
 REPO = Path(__file__).resolve().parents[1]
 VAL_SAMPLES = 4
@@ -122,8 +122,8 @@ def greedy_success(model_dir: Path, tokenizer_dir: Path, val_file: Path) -> floa
     import torch
     import transformers
 
-    from credit_plugin.tiny.model import chat_prompt_ids
-    from credit_plugin.tiny.task import compute_score
+    from credit_plugin.dev.tiny.model import chat_prompt_ids
+    from credit_plugin.dev.tiny.task import compute_score
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -288,8 +288,8 @@ def main() -> None:
         variants, seeds = list(QUICK_VARIANTS), seeds[:1]
         setting = Setting(steps=2, prompts_per_step=4, n_train=32, n_val=8, lr=args.lr, extra=args.overrides)
 
-    from credit_plugin.tiny.model import TinyModelSpec, build_tiny_model
-    from credit_plugin.tiny.task import write_parquet
+    from credit_plugin.dev.tiny.model import TinyModelSpec, build_tiny_model
+    from credit_plugin.dev.tiny.task import write_parquet
 
     demo = _demo()
     assets = args.out / "assets"

@@ -243,7 +243,7 @@ def save_tiny_model(tokenizer: PreTrainedTokenizerBase, directory: Path, vocab_s
     workers load a model path. ``vocab_size`` pads the vocabulary (Megatron splits it over TP ranks)."""
     import transformers
 
-    from credit_plugin.tiny.model import TinyModelSpec, tiny_model_config
+    from credit_plugin.dev.tiny.model import TinyModelSpec, tiny_model_config
 
     torch.manual_seed(0)
     config = tiny_model_config(tokenizer, TinyModelSpec(intermediate_size=128))
@@ -260,7 +260,7 @@ def hybrid_worker(model_dir: Path, max_tokens: int, tensor_parallel: int = 0) ->
     size 1, or with ``tensor_parallel`` > 0 the Megatron engine over that many processes."""
     import ray
 
-    from credit_plugin.cpu.workers import compose_cpu_config, create_worker_groups, ray_init_kwargs
+    from credit_plugin.dev.cpu.workers import compose_cpu_config, create_worker_groups, ray_init_kwargs
     from credit_plugin.workers import CreditActorRolloutRefWorker
 
     world = max(tensor_parallel, 1)
@@ -506,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("VERL_PLATFORM", "cpu")
     from transformers import AutoTokenizer
 
-    from credit_plugin.tiny.model import qwen_tokenizer_dir
+    from credit_plugin.dev.tiny.model import qwen_tokenizer_dir
 
     start, load_start = time.perf_counter(), os.getloadavg()
     sizes = QUICK if args.quick else FULL
@@ -522,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         print("teacher_pass: skipped (--no-workers)", file=sys.stderr)
     else:
         results["teacher_pass"] = bench_teacher_pass(tokenizer, sizes)
-        from credit_plugin.cpu import megatron
+        from credit_plugin.dev.cpu import megatron
 
         if megatron.available():
             results["megatron_teacher_pass"] = bench_megatron_teacher_pass(tokenizer, sizes)

@@ -21,10 +21,12 @@ __all__ = [
 ]
 
 # Without verl the math modules stay usable on their own; with it, registration is part of the import.
+# The development room (credit_plugin.dev) is imported only when asked for (see credit_plugin.registration).
 if importlib.util.find_spec("verl") is not None:
-    # First: verl reads the device platform once, while the trainer imports below load its engines.
-    import credit_plugin.cpu  # noqa: F401  (registers the "cpu" platform for VERL_PLATFORM=cpu)
-    from credit_plugin.registration import assert_registered, register
+    from credit_plugin.registration import assert_registered, cpu_platform_selected, register
 
+    if cpu_platform_selected():
+        # First: verl reads the device platform once, while register() below loads its engines.
+        import credit_plugin.dev.cpu  # noqa: F401  (registers the "cpu" platform, its engines and mends)
     register()
     __all__ += ["assert_registered", "register"]

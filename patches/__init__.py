@@ -3,7 +3,7 @@
 Each module holds one patch: a docstring with the reason, ``NAME``, and an ``apply()`` that checks the
 versions it was written against first. The top-level ``patches/`` folder is installed as
 ``credit_plugin.patches``. The ``megatron_*`` patches are development-only mends that let verl's Megatron
-engine run on the CPU platform (``credit_plugin.cpu.megatron``); nothing applies them on an accelerator.
+engine run on the CPU platform (``credit_plugin.dev.cpu.megatron``); nothing applies them on an accelerator.
 """
 
 from __future__ import annotations

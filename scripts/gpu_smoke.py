@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    from credit_plugin.tiny.task import write_parquet
+    from credit_plugin.dev.tiny.task import write_parquet
 
     model = smollm2_folder(out)
     train, val = write_parquet(out / "data", n_train=64, n_val=8, seed=0)

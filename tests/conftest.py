@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from credit_plugin.tiny.model import qwen_tokenizer_dir
+from credit_plugin.dev.tiny.model import qwen_tokenizer_dir
 
 
 @pytest.fixture(scope="session")

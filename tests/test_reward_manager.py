@@ -25,10 +25,10 @@ from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from verl.trainer.ppo.reward import load_reward_manager, resolve_reward_manager_cls
 
 import credit_plugin.reward_manager
+from credit_plugin.dev.tiny.model import qwen_tokenizer_dir
 from credit_plugin.reward_manager import CreditRewardManager, reward_failure_metrics
 from credit_plugin.scorers import sandbox
 from credit_plugin.scorers.result import PROGRAM_OUTPUT_OPEN
-from credit_plugin.tiny.model import qwen_tokenizer_dir
 
 OK = {"reward_error": 0.0, "reward_timeout": 0.0}
 
@@ -412,7 +412,7 @@ def test_an_unknown_data_source_in_the_dataset_fails_at_start_up(config, reward_
     files = {"data.train_files": [parquet(tmp_path / "train.parquet", ["sciknoweval", "gsm8k"])]}
     with pytest.raises(ValueError, match="no CREDIT scorer for data_source 'gsm8k'"):
         load_reward_manager(with_options(config, **files), reward_worker.input_tokenizer)
-    files = {"data.train_files": [parquet(tmp_path / "ok.parquet", ["sciknoweval", "credit_tiny"])]}
+    files = {"data.train_files": [parquet(tmp_path / "ok.parquet", ["sciknoweval", "toolalpaca"])]}
     assert isinstance(
         load_reward_manager(with_options(config, **files), reward_worker.input_tokenizer), RewardManagerBase
     )
@@ -441,9 +441,20 @@ def test_without_isolation_code_is_refused_at_start_up_unless_unsafe_local(
     assert asyncio.run(manager.run_single(data))["reward_score"] == 1.0
 
 
-def test_the_tiny_demo_task_scores_through_the_manager(reward_worker):
-    from credit_plugin.tiny import task as tiny_task
+def test_the_tiny_demo_task_scores_through_the_manager(config, reward_worker):
+    """As the demo recipe configures it: the development task through verl's custom reward function."""
+    from credit_plugin.dev.tiny import task as tiny_task
 
+    custom = with_options(
+        config,
+        **{
+            "reward.custom_reward_function.path": "pkg://credit_plugin.dev.tiny.task",
+            "reward.custom_reward_function.name": "compute_score",
+        },
+    )
+    reward_worker = copy.copy(reward_worker)
+    reward_worker.config = custom
+    reward_worker.reward_manager = load_reward_manager(custom, reward_worker.input_tokenizer)
     manager = reward_worker.reward_manager
     ground_truth = "7"
     data = make_batch(

@@ -13,17 +13,54 @@ import transformers
 from omegaconf import OmegaConf
 
 from credit_plugin.config import DEFAULT_FEEDBACK_TEMPLATE, DEFAULT_REPROMPT_TEMPLATE
-from credit_plugin.tiny.model import (
+from credit_plugin.dev.tiny.model import (
     STAMP_FILE,
     TinyModelSpec,
     build_tiny_model,
     chat_prompt_ids,
-    sample_success_rate,
     training_sequences,
     typical_mistake,
 )
-from credit_plugin.tiny.task import DATA_SOURCE, Problem, compute_score, sample_problems, write_parquet
-from credit_plugin.tiny.tokenizer import VOCAB_SIZE, build_task_tokenizer
+from credit_plugin.dev.tiny.task import DATA_SOURCE, Problem, compute_score, sample_problems, write_parquet
+from credit_plugin.dev.tiny.tokenizer import VOCAB_SIZE, build_task_tokenizer
+
+
+@torch.no_grad()
+def sample_success_rate(
+    model: transformers.PreTrainedModel,
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    problems: list[Problem],
+    seed: int,
+    max_new_tokens: int = 16,
+) -> float:
+    """Fraction of ``problems`` answered correctly by one sample each at temperature 1 (no top-k / top-p).
+
+    That is the rollout distribution of verl's default ``rollout.temperature=1`` with ``top_k=-1, top_p=1``.
+    """
+    prompts = [chat_prompt_ids(tokenizer, problem.prompt) for problem in problems]
+    width = max(map(len, prompts))
+    # generate() expects left padding for batched decoding
+    input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts])
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    torch.manual_seed(seed)
+    output = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    responses = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+    scores = [
+        compute_score(DATA_SOURCE, response, problem.answer, {"kind": problem.kind, "question": problem.question})
+        for response, problem in zip(responses, problems, strict=True)
+    ]
+    return sum(score["score"] for score in scores) / len(scores)
+
 
 ARITH = {"kind": "arithmetic", "question": "3 + 4 * 2", "index": 0}
 REVERSE = {"kind": "reverse", "question": "a b c d", "index": 1}
@@ -117,7 +154,7 @@ def test_verifier_without_extra_info_still_grades_and_rejects_foreign_or_inconsi
 def test_verl_loads_the_verifier_by_package_path():
     from verl.utils.import_utils import load_extern_object
 
-    loaded = load_extern_object("pkg://credit_plugin.tiny.task", "compute_score")
+    loaded = load_extern_object("pkg://credit_plugin.dev.tiny.task", "compute_score")
     assert loaded(data_source=DATA_SOURCE, solution_str="Answer: 11", ground_truth="11", extra_info=ARITH)["acc"]
 
 

@@ -7,9 +7,10 @@ Pure Python (no verl import), usable as verl's ``custom_reward_function`` as wel
 - ``livecodebench``, ``lcb``, ``code``: :func:`~credit_plugin.scorers.code.score_code`
 - ``sciknoweval``, ``science``: :func:`~credit_plugin.scorers.science.score_science`
 - ``toolalpaca``, ``tool``: :func:`~credit_plugin.scorers.tool_use.score_tool_use`
-- ``credit_tiny``: the embedded demo task, :func:`credit_plugin.tiny.task.compute_score`
 
-So ``"livecodebench_v6"``, ``"sciknoweval/chemistry"`` and ``"tooluse"`` all resolve.
+So ``"livecodebench_v6"``, ``"sciknoweval/chemistry"`` and ``"tooluse"`` all resolve. The development demo
+task (``credit_tiny``) is not in this table: its recipe scores it through verl's ``custom_reward_function``
+(:func:`credit_plugin.dev.tiny.task.compute_score`).
 """
 
 from __future__ import annotations
@@ -23,13 +24,6 @@ from credit_plugin.scorers.result import ScoreResult, check_max_feedback_chars
 from credit_plugin.scorers.sandbox import SandboxLimits
 from credit_plugin.scorers.science import score_science
 from credit_plugin.scorers.tool_use import score_tool_use
-from credit_plugin.tiny import task as tiny_task
-
-
-def score_tiny(solution_str: str, ground_truth: str, extra_info: dict | None = None) -> ScoreResult:
-    """The embedded tiny task (``make demo``), through the same interface as the other scorers."""
-    return ScoreResult(**tiny_task.compute_score(tiny_task.DATA_SOURCE, solution_str, ground_truth, extra_info))
-
 
 DATA_SOURCE_PREFIXES: tuple[tuple[str, Callable[..., ScoreResult]], ...] = (
     ("livecodebench", score_code),
@@ -39,7 +33,6 @@ DATA_SOURCE_PREFIXES: tuple[tuple[str, Callable[..., ScoreResult]], ...] = (
     ("science", score_science),
     ("toolalpaca", score_tool_use),
     ("tool", score_tool_use),
-    (tiny_task.DATA_SOURCE, score_tiny),
 )
 # verl passes these to every reward function when a reward model is enabled; rule-based scorers need neither.
 VERL_REWARD_MODEL_KWARGS = ("reward_router_address", "reward_model_tokenizer")

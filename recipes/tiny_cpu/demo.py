@@ -45,8 +45,8 @@ COLUMNS = [
 
 def prepare_assets(assets: Path, seed: int) -> tuple[Path, Path, Path]:
     """The tiny model (pre-trained for seconds, cached by seed) and the task's parquet files."""
-    from credit_plugin.tiny.model import RL_KINDS, build_tiny_model
-    from credit_plugin.tiny.task import write_parquet
+    from credit_plugin.dev.tiny.model import RL_KINDS, build_tiny_model
+    from credit_plugin.dev.tiny.task import write_parquet
 
     model = build_tiny_model(assets / "model", seed=seed)
     train, val = write_parquet(assets / "data", n_train=256, n_val=32, seed=seed, kinds=RL_KINDS)

@@ -7,7 +7,7 @@ import torch
 from verl.utils import tensordict_utils as tu
 from verl.workers.utils.padding import response_from_nested
 
-from credit_plugin.cpu.workers import build_log_prob_batch, create_worker_groups
+from credit_plugin.dev.cpu.workers import build_log_prob_batch, create_worker_groups
 
 PROMPTS = [[5, 6, 7], [8]]
 RESPONSES = [[1, 2], [3, 4, 9]]

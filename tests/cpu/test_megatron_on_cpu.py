@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 
 from credit_plugin import patches
 from credit_plugin.config import CONFIG_DIR
-from credit_plugin.cpu import megatron
+from credit_plugin.dev.cpu import megatron
 from credit_plugin.trainer import CreditTrainer
 
 pytestmark = pytest.mark.skipif(not megatron.available(), reason="needs credit_plugin[megatron-cpu]")
@@ -35,7 +35,7 @@ for model_type, head in (("language_model", "LMHead"), ("value_model", "ValueHea
 assert torch.cuda.current_device() == "cpu"
 assert utils.get_default_causal_mask(3).device.type == "cpu"
 assert McoreEngineConfig(dtype="float32").dtype == "float32"
-from credit_plugin.cpu.megatron import _apply_mbridge_mends  # applied when a Megatron engine builds its model
+from credit_plugin.dev.cpu.megatron import _apply_mbridge_mends  # applied when a Megatron engine builds its model
 
 _apply_mbridge_mends()
 from mbridge.core.bridge import _MODEL_REGISTRY

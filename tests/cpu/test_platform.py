@@ -16,15 +16,15 @@ import torch
 import verl
 from verl.plugin.platform import PlatformRegistry
 
-import credit_plugin.cpu
-from credit_plugin.cpu import device
-from credit_plugin.cpu.platform import CPUPlatform
+import credit_plugin.dev.cpu
+from credit_plugin.dev.cpu import device
+from credit_plugin.dev.cpu.platform import CPUPlatform
 
 
 def test_registered_under_cpu_and_register_is_idempotent():
     assert PlatformRegistry.get("cpu") is CPUPlatform
-    credit_plugin.cpu.register()
-    credit_plugin.cpu.register()
+    credit_plugin.dev.cpu.register()
+    credit_plugin.dev.cpu.register()
     assert PlatformRegistry.get("cpu") is CPUPlatform
 
 

@@ -12,7 +12,12 @@ import torch
 import transformers
 from verl.workers.utils.padding import response_from_nested
 
-from credit_plugin.cpu.workers import build_log_prob_batch, compose_cpu_config, create_worker_groups, ray_init_kwargs
+from credit_plugin.dev.cpu.workers import (
+    build_log_prob_batch,
+    compose_cpu_config,
+    create_worker_groups,
+    ray_init_kwargs,
+)
 
 pytestmark = pytest.mark.ray
 

@@ -17,7 +17,12 @@ from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.utils.padding import response_from_nested
 
 from credit_plugin.config import CreditConfig
-from credit_plugin.cpu.workers import build_log_prob_batch, compose_cpu_config, create_worker_groups, ray_init_kwargs
+from credit_plugin.dev.cpu.workers import (
+    build_log_prob_batch,
+    compose_cpu_config,
+    create_worker_groups,
+    ray_init_kwargs,
+)
 from credit_plugin.diagnostics import AdvantageDriftWatch
 from credit_plugin.negatives import negatives_generator, sample_negatives
 from credit_plugin.trainer import CreditTrainer

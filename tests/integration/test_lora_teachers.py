@@ -14,7 +14,12 @@ from conftest import label_log_probs, load_model, response_logits
 from verl.utils import tensordict_utils as tu
 from verl.workers.utils.padding import response_from_nested
 
-from credit_plugin.cpu.workers import build_log_prob_batch, compose_cpu_config, create_worker_groups, ray_init_kwargs
+from credit_plugin.dev.cpu.workers import (
+    build_log_prob_batch,
+    compose_cpu_config,
+    create_worker_groups,
+    ray_init_kwargs,
+)
 from credit_plugin.workers import CreditActorRolloutRefWorker
 
 pytestmark = pytest.mark.ray

@@ -15,8 +15,13 @@ from test_credit_trainer import SAMPLES, K, _assert_rows_close, _chat, _expected
 from test_credit_trainer import _trainer as _fsdp_trainer
 from verl.workers.utils.padding import response_from_nested
 
-from credit_plugin.cpu import megatron
-from credit_plugin.cpu.workers import build_log_prob_batch, compose_cpu_config, create_worker_groups, ray_init_kwargs
+from credit_plugin.dev.cpu import megatron
+from credit_plugin.dev.cpu.workers import (
+    build_log_prob_batch,
+    compose_cpu_config,
+    create_worker_groups,
+    ray_init_kwargs,
+)
 from credit_plugin.workers import CreditActorRolloutRefWorker
 
 pytestmark = [

@@ -9,8 +9,8 @@ import torch
 import transformers
 from conftest import tiny_qwen2_config
 
-from credit_plugin.rollout.decode import generate_batch
-from credit_plugin.rollout.sampling import SamplingSpec
+from credit_plugin.dev.rollout.decode import generate_batch
+from credit_plugin.dev.rollout.sampling import SamplingSpec
 
 PAD = 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from credit_plugin.rollout.sampling import (
+from credit_plugin.dev.rollout.sampling import (
     SamplingDefaults,
     choose_tokens,
     mask_top_k_top_p,

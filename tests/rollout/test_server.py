@@ -13,9 +13,9 @@ from tiny_checkpoint import TinyModelDir, load_reference, save_tiny_checkpoint
 from verl.workers.config import HFModelConfig, RolloutConfig
 from verl.workers.rollout.replica import RolloutMode, TokenOutput
 
-from credit_plugin.rollout import ROLLOUT_NAME
-from credit_plugin.rollout.adapter import HFCPURolloutAdapter
-from credit_plugin.rollout.replica import HFCPUReplica
+from credit_plugin.dev.rollout import ROLLOUT_NAME
+from credit_plugin.dev.rollout.adapter import HFCPURolloutAdapter
+from credit_plugin.dev.rollout.replica import HFCPUReplica
 
 pytestmark = pytest.mark.ray
 

@@ -18,12 +18,12 @@ from verl.workers.config import RolloutConfig
 from verl.workers.rollout.base import BaseRollout, get_rollout_class
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput, get_rollout_replica_class
 
-import credit_plugin.rollout
-from credit_plugin.rollout import ROLLOUT_NAME
-from credit_plugin.rollout.adapter import HFCPURolloutAdapter
-from credit_plugin.rollout.replica import HFCPUReplica
-from credit_plugin.rollout.sampling import SUPPORTED_PARAMS
-from credit_plugin.rollout.server import HFCPUServer
+import credit_plugin.dev.rollout
+from credit_plugin.dev.rollout import ROLLOUT_NAME
+from credit_plugin.dev.rollout.adapter import HFCPURolloutAdapter
+from credit_plugin.dev.rollout.replica import HFCPUReplica
+from credit_plugin.dev.rollout.sampling import SUPPORTED_PARAMS
+from credit_plugin.dev.rollout.server import HFCPUServer
 
 VERL = Path(verl.__file__).parent
 
@@ -169,8 +169,8 @@ def test_rollout_config_fields_the_server_reads():
 
 
 def test_register_fills_both_registries_idempotently():
-    credit_plugin.rollout.register()
-    credit_plugin.rollout.register()
+    credit_plugin.dev.rollout.register()
+    credit_plugin.dev.rollout.register()
     assert get_rollout_class(ROLLOUT_NAME, "async") is HFCPURolloutAdapter
     assert get_rollout_replica_class(ROLLOUT_NAME) is HFCPUReplica
 
@@ -182,6 +182,6 @@ def test_external_module_env_var_registers_in_a_fresh_process():
         "from verl.workers.rollout.replica import RolloutReplicaRegistry\n"
         "assert ('hf_cpu', 'async') in _ROLLOUT_REGISTRY and 'hf_cpu' in RolloutReplicaRegistry._registry\n"
     )
-    env = {**os.environ, "VERL_USE_EXTERNAL_MODULES": "credit_plugin.rollout", "VERL_USE_EXTERNAL_PLUGINS": "none"}
+    env = {**os.environ, "VERL_USE_EXTERNAL_MODULES": "credit_plugin.dev.rollout", "VERL_USE_EXTERNAL_PLUGINS": "none"}
     result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,6 +1,6 @@
 """A tiny Qwen2 built from a config and pre-trained for seconds on one CPU thread: the demo's model.
 
-Nothing is downloaded: the tokenizer is a byte-level BPE fitted to the task (``credit_plugin.tiny.tokenizer``,
+Nothing is downloaded: the tokenizer is a byte-level BPE fitted to the task (``credit_plugin.dev.tiny.tokenizer``,
 512 tokens, ChatML), the weights start from a seeded random init and are fitted by supervised steps on
 ``chat_template(prompt) -> "Answer: <value><|im_end|>"``. A fraction of the examples carry a teacher context
 in CREDIT's default reprompt layout (a sibling's correct answer or the verifier's feedback on a wrong one), so
@@ -26,8 +26,8 @@ import torch
 import transformers
 
 from credit_plugin.config import DEFAULT_FEEDBACK_TEMPLATE, DEFAULT_REPROMPT_TEMPLATE, DEFAULT_SOLUTION_TEMPLATE
-from credit_plugin.tiny.task import DATA_SOURCE, KINDS, Problem, compute_score, sample_problem
-from credit_plugin.tiny.tokenizer import build_task_tokenizer
+from credit_plugin.dev.tiny.task import DATA_SOURCE, KINDS, Problem, compute_score, sample_problem
+from credit_plugin.dev.tiny.tokenizer import build_task_tokenizer
 
 STAMP_FILE = "tiny_model_stamp.json"
 # The family the default model partly solves (reversal: the middle letters right, the ends often wrong), so RL
@@ -297,40 +297,3 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, spec: TinyModelSpec | N
     # The stamp goes last: a directory without it (interrupted build) is rebuilt.
     stamp_path.write_text(json.dumps({**wanted, **info}, indent=2))
     return out_dir
-
-
-@torch.no_grad()
-def sample_success_rate(
-    model: transformers.PreTrainedModel,
-    tokenizer: transformers.PreTrainedTokenizerBase,
-    problems: list[Problem],
-    seed: int,
-    max_new_tokens: int = 16,
-) -> float:
-    """Fraction of ``problems`` answered correctly by one sample each at temperature 1 (no top-k / top-p).
-
-    That is the rollout distribution of verl's default ``rollout.temperature=1`` with ``top_k=-1, top_p=1``.
-    """
-    prompts = [chat_prompt_ids(tokenizer, problem.prompt) for problem in problems]
-    width = max(map(len, prompts))
-    # generate() expects left padding for batched decoding
-    input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts])
-    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    torch.manual_seed(seed)
-    output = model.generate(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        do_sample=True,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    responses = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
-    scores = [
-        compute_score(DATA_SOURCE, response, problem.answer, {"kind": problem.kind, "question": problem.question})
-        for response, problem in zip(responses, problems, strict=True)
-    ]
-    return sum(score["score"] for score in scores) / len(scores)

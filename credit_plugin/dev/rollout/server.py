@@ -26,9 +26,9 @@ from verl.workers.config import HFModelConfig, RolloutConfig
 from verl.workers.rollout.replica import TokenOutput
 from verl.workers.rollout.utils import get_max_position_embeddings
 
-from credit_plugin.rollout import ROLLOUT_NAME
-from credit_plugin.rollout.decode import Completion, generate_batch
-from credit_plugin.rollout.sampling import LOGPROBS_MODES, SamplingDefaults, SamplingSpec, resolve_sampling_params
+from credit_plugin.dev.rollout import ROLLOUT_NAME
+from credit_plugin.dev.rollout.decode import Completion, generate_batch
+from credit_plugin.dev.rollout.sampling import LOGPROBS_MODES, SamplingDefaults, SamplingSpec, resolve_sampling_params
 
 logger = logging.getLogger(__name__)
 

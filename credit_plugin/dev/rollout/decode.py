@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from credit_plugin.rollout.sampling import LOGPROBS_MODES, SamplingSpec, choose_tokens, processed_logits
+from credit_plugin.dev.rollout.sampling import LOGPROBS_MODES, SamplingSpec, choose_tokens, processed_logits
 
 FinishReason = Literal["stop", "length", "abort"]
 

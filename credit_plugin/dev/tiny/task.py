@@ -10,7 +10,7 @@ Three families of short exact-answer problems, each asked in one user message an
 :func:`compute_score` follows verl's custom reward function signature and returns ``{"score", "acc",
 "feedback"}``; the feedback explains the mistake and the correct result, so a teacher conditioned on it has
 real information. :func:`write_parquet` writes train/val files in verl's RL dataset format (``RLHFDataset``).
-Use it in a run with ``reward.custom_reward_function.path=pkg://credit_plugin.tiny.task`` and
+Use it in a run with ``reward.custom_reward_function.path=pkg://credit_plugin.dev.tiny.task`` and
 ``reward.custom_reward_function.name=compute_score``.
 """
 

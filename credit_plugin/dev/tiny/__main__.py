@@ -1,4 +1,4 @@
-"""``python -m credit_plugin.tiny OUT_DIR``: write the tiny task's parquet files and build the tiny model."""
+"""``python -m credit_plugin.dev.tiny OUT_DIR``: write the tiny task's parquet files and build the tiny model."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-from credit_plugin.tiny.model import STAMP_FILE, build_tiny_model
-from credit_plugin.tiny.task import write_parquet
+from credit_plugin.dev.tiny.model import STAMP_FILE, build_tiny_model
+from credit_plugin.dev.tiny.task import write_parquet
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m credit_plugin.tiny", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m credit_plugin.dev.tiny", description=__doc__)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=256)

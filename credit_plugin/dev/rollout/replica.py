@@ -5,11 +5,11 @@ from __future__ import annotations
 import ray
 from verl.workers.rollout.replica import RolloutReplica
 
-from credit_plugin.rollout.server import HFCPUServer, server_actor_name
+from credit_plugin.dev.rollout.server import HFCPUServer, server_actor_name
 
 
 class HFCPUReplica(RolloutReplica):
-    """One :class:`~credit_plugin.rollout.server.HFCPUServer` actor per replica, whatever the parallel sizes.
+    """One :class:`~credit_plugin.dev.rollout.server.HFCPUServer` actor per replica, whatever the parallel sizes.
 
     Weights come from ``model.path``; in hybrid mode (the colocated trainer) then from the trainer: the
     replica's ``tensor_model_parallel_size * data_parallel_size * pipeline_model_parallel_size`` actor workers

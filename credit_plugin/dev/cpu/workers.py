@@ -63,7 +63,7 @@ def compose_cpu_config(
 
     ``config_name="credit_trainer"`` composes the plugin's config (``credit_plugin.CONFIG_DIR``) instead.
     ``engine="megatron"`` selects verl's Megatron engine with
-    :data:`credit_plugin.cpu.megatron.MEGATRON_CPU_OVERRIDES` instead of the FSDP2 ones (parallel sizes go in
+    :data:`credit_plugin.dev.cpu.megatron.MEGATRON_CPU_OVERRIDES` instead of the FSDP2 ones (parallel sizes go in
     ``overrides``, e.g. ``actor_rollout_ref.actor.megatron.tensor_model_parallel_size=2``).
 
     Log-prob micro-batches are packed by token count (dynamic batch size) up to ``max_token_len_per_gpu``
@@ -73,7 +73,7 @@ def compose_cpu_config(
     from hydra import compose, initialize_config_dir, initialize_config_module
 
     from credit_plugin.config import CONFIG_DIR
-    from credit_plugin.cpu.megatron import MEGATRON_CPU_OVERRIDES
+    from credit_plugin.dev.cpu.megatron import MEGATRON_CPU_OVERRIDES
 
     engine_overrides = {"fsdp": CPU_OVERRIDES, "megatron": MEGATRON_CPU_OVERRIDES}
     if engine not in engine_overrides:

@@ -19,7 +19,7 @@ from verl.workers.config import HFModelConfig, RolloutConfig
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.utils import ensure_async_iterator
 
-from credit_plugin.rollout.server import server_actor_name
+from credit_plugin.dev.rollout.server import server_actor_name
 
 
 class HFCPURolloutAdapter(BaseRollout):

@@ -15,9 +15,8 @@ from typing import Any
 import torch
 from verl.plugin.platform import PlatformBase
 
-from credit_plugin.cpu import device
-
-NAME = "cpu"
+from credit_plugin.dev.cpu import device
+from credit_plugin.registration import CPU_PLATFORM as NAME
 
 
 class CPUPlatform(PlatformBase):

@@ -1,0 +1,38 @@
+"""The product's import path loads no development code (``credit_plugin.dev``) unless asked for."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import sys
+import verl  # loads the plugin through its verl.plugins entry point
+from verl.trainer.ppo import core_algos
+from verl.workers.rollout.base import _ROLLOUT_REGISTRY
+
+assert "credit_plugin" in sys.modules, "the verl.plugins entry point did not load credit_plugin"
+assert {"credit", "sdpo"} <= set(core_algos.ADV_ESTIMATOR_REGISTRY), "estimators not registered"
+assert ("hf_cpu", "async") in _ROLLOUT_REGISTRY, "the hf_cpu rollout is not resolvable by name"
+dev = sorted(name for name in sys.modules if name == "credit_plugin.dev" or name.startswith("credit_plugin.dev."))
+print("DEV", dev)
+"""
+
+
+def test_import_verl_without_dev_settings_loads_no_dev_module(tmp_path):
+    env = {key: value for key, value in os.environ.items() if key not in ("VERL_PLATFORM", "VERL_USE_EXTERNAL_MODULES")}
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "DEV []", result.stdout[-2000:]
+
+
+def test_the_demo_task_is_not_in_the_production_scorer_table():
+    from credit_plugin import scorers
+
+    with pytest.raises(ValueError, match="no CREDIT scorer for data_source 'credit_tiny'"):
+        scorers.scorer_for("credit_tiny")
