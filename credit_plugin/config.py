@@ -47,6 +47,8 @@ class CreditConfig:
     is_clip: float | None = None
     outcome_mix: float = 0.0
     teacher: str = "ema"
+    # tau, SDPO's one option for both teachers that move away from the frozen model: the step of the ``ema``
+    # teacher (workers.py) and the logit mix coefficient of the ``trust_region`` teacher (trust_region.py).
     teacher_update_rate: float = 0.05
     success_threshold: float = 0.5
     dont_reprompt_on_self_success: bool = True

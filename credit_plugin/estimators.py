@@ -49,6 +49,10 @@ TEACHER_BATCH_KEYS = (
 )
 # verl's own batch fields the estimators read on top of those of verl's estimator signature.
 VERL_BATCH_KEYS = ("token_level_scores",)
+# The names registered below (``algorithm.adv_estimator``); the trainer and the registration check read them here.
+CREDIT = "credit"
+SDPO = "sdpo"
+ESTIMATORS = (CREDIT, SDPO)
 
 
 def resolve_credit_config(config: Any) -> CreditConfig:
@@ -131,7 +135,7 @@ def _declare_batch_inputs(fn: Callable) -> Callable:
     return fn
 
 
-@core_algos.register_adv_est("credit")
+@core_algos.register_adv_est(CREDIT)
 @_declare_batch_inputs
 def compute_credit_advantage(
     token_level_rewards: torch.Tensor,
@@ -178,14 +182,14 @@ def compute_credit_advantage(
         contrast_log_probs,
         old_log_probs,
         self_distillation_mask,
-        "credit",
+        CREDIT,
         student_contrast_log_probs,
         token_level_scores,
         norm_adv_by_std_in_grpo,
     )
 
 
-@core_algos.register_adv_est("sdpo")
+@core_algos.register_adv_est(SDPO)
 @_declare_batch_inputs
 def compute_sdpo_advantage(
     token_level_rewards: torch.Tensor,
@@ -214,7 +218,7 @@ def compute_sdpo_advantage(
         None,
         old_log_probs,
         self_distillation_mask,
-        "sdpo",
+        SDPO,
         None,
         token_level_scores,
         norm_adv_by_std_in_grpo,

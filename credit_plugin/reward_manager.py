@@ -56,6 +56,10 @@ from credit_plugin.scorers.sandbox import SandboxUnavailableError
 logger = logging.getLogger(__name__)
 
 NAME = "credit"
+# Where a sample's feedback travels (module docstring): verl's key for what run_single returns besides the score,
+# and the key of the feedback in it. The trainer reads the feedback back through :func:`feedback_of`.
+EXTRA_INFO_KEY = "reward_extra_info"
+FEEDBACK_KEY = "feedback"
 MANAGER_OPTIONS = {"max_parallel": 8, "score_timeout_s": 120.0}
 FAILURE_KEYS = ("reward_error", "reward_timeout")
 
@@ -118,6 +122,23 @@ def dataset_data_sources(config: Any) -> set[str] | None:
     return sources if readable else None
 
 
+def feedback_of(fields: Any, size: int) -> list[str | None]:
+    """Per-sample feedback of a batch of ``size`` samples (verl's v1 store, a TensorDict or a mapping of fields).
+
+    ``extra_fields["reward_extra_info"]["feedback"]`` on the streaming reward path, a top-level ``feedback``
+    field on the colocated reward-model path; None where a sample has none.
+    """
+    if FEEDBACK_KEY in fields.keys():
+        return [None if text is None else str(text) for text in list(fields[FEEDBACK_KEY])]
+    feedback: list[str | None] = [None] * size
+    if "extra_fields" in fields.keys():
+        for index, extra in enumerate(list(fields["extra_fields"])):
+            info = (extra or {}).get(EXTRA_INFO_KEY) or {}
+            text = info.get(FEEDBACK_KEY)
+            feedback[index] = None if text is None else str(text)
+    return feedback
+
+
 def reward_failure_metrics(extra_fields: Iterable[Any]) -> dict[str, float]:
     """``credit/reward/errors`` and ``credit/reward/timeouts``: failed samples of a step.
 
@@ -127,7 +148,7 @@ def reward_failure_metrics(extra_fields: Iterable[Any]) -> dict[str, float]:
     """
     errors = timeouts = 0.0
     for extra in extra_fields:
-        info = extra.get("reward_extra_info") if isinstance(extra, Mapping) else None
+        info = extra.get(EXTRA_INFO_KEY) if isinstance(extra, Mapping) else None
         if isinstance(info, Mapping):
             errors += float(info.get("reward_error") or 0.0)
             timeouts += float(info.get("reward_timeout") or 0.0)
@@ -211,8 +232,14 @@ class CreditRewardManager(RewardManagerBase):
 
     @staticmethod
     def _failed(feedback: str, *, timeout: bool) -> dict:
-        info = {"score": 0.0, "acc": False, "feedback": feedback, "reward_error": 1.0, "reward_timeout": float(timeout)}
-        return {"reward_score": 0.0, "reward_extra_info": info}
+        info = {
+            "score": 0.0,
+            "acc": False,
+            FEEDBACK_KEY: feedback,
+            "reward_error": 1.0,
+            "reward_timeout": float(timeout),
+        }
+        return {"reward_score": 0.0, EXTRA_INFO_KEY: info}
 
     async def run_single(self, data: DataProto) -> dict:
         """Score the last sequence of ``data`` (one trajectory, as verl's reward loop passes it).
@@ -250,7 +277,7 @@ class CreditRewardManager(RewardManagerBase):
             logger.warning("credit reward manager: a sample could not be scored: %s: %.2000s", type(exc).__name__, exc)
             reason = str(exc) if isinstance(exc, _SampleError) else f"{type(exc).__name__} in the scorer"
             return self._failed(f"This response could not be scored ({reason}), so it gets reward 0.", timeout=False)
-        return {"reward_score": score, "reward_extra_info": reward_extra_info}
+        return {"reward_score": score, EXTRA_INFO_KEY: reward_extra_info}
 
     @staticmethod
     def _result(result: Any) -> tuple[float, dict]:
@@ -264,8 +291,8 @@ class CreditRewardManager(RewardManagerBase):
             reward_extra_info = {"acc": score}  # verl's naive manager does the same for a bare score
         if not math.isfinite(score):
             raise _SampleError(f"the reward function returned a non-finite score {score}")
-        feedback = reward_extra_info.get("feedback")
-        reward_extra_info["feedback"] = "" if feedback is None else str(feedback)
+        feedback = reward_extra_info.get(FEEDBACK_KEY)
+        reward_extra_info[FEEDBACK_KEY] = "" if feedback is None else str(feedback)
         reward_extra_info.update({key: 0.0 for key in FAILURE_KEYS})
         return score, reward_extra_info
 

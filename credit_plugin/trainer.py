@@ -43,17 +43,18 @@ from verl.workers.utils.padding import response_to_nested
 
 from credit_plugin.config import CreditConfig
 from credit_plugin.diagnostics import AdvantageDriftWatch, token_advantage_stats
-from credit_plugin.estimators import TEACHER_BATCH_KEYS
+from credit_plugin.estimators import CREDIT, ESTIMATORS, SDPO, TEACHER_BATCH_KEYS
 from credit_plugin.negatives import negatives_generator
 from credit_plugin.registration import assert_registered
-from credit_plugin.reward_manager import reward_failure_metrics
+from credit_plugin.reward_manager import feedback_of, reward_failure_metrics
 from credit_plugin.rewards import contrastive_baseline, sdpo_token_rewards
 from credit_plugin.teacher import TeacherBatch, build_teacher_batch, fit_token_budget, split_teacher_log_probs
 from credit_plugin.workers import CreditActorRolloutRefWorker, check_same_layout, has_teacher_weights
 
 logger = logging.getLogger(__name__)
 
-ESTIMATORS = ("credit", "sdpo")
+# ``trainer.v1.trainer_mode`` of this trainer.
+TRAINER_MODE = "credit"
 # Teachers that need the frozen (ref) model next to the actor; ``current`` is the actor itself.
 REF_TEACHERS = ("frozen", "ema", "trust_region")
 # Teachers computed from both engines of one hybrid worker.
@@ -68,29 +69,27 @@ class TeacherEngine:
         wg: the worker group.
         call: its log-prob method, taking verl's no-padding TensorDict.
         mesh: the dispatch mesh of that method (``actor`` or ``ref``).
-        section: the config section holding that engine's log-prob batching (``log_prob_use_dynamic_bsz``...).
-        metadata: non-tensor fields the call needs on top of the teacher batch.
+        batching: the config section holding that engine's log-prob batching (``log_prob_use_dynamic_bsz``...).
+        call_fields: non-tensor fields the call needs on top of the teacher batch.
     """
 
     wg: Any
     call: Callable[[TensorDict], TensorDict]
     mesh: str
-    section: DictConfig
-    metadata: dict[str, Any] = field(default_factory=dict)
+    batching: DictConfig
+    call_fields: dict[str, Any] = field(default_factory=dict)
 
 
-def _feedback_of(data: TensorDict, size: int) -> list[str | None]:
-    """Per-sample feedback: ``extra_fields["reward_extra_info"]["feedback"]`` (streaming reward path) or a
-    top-level ``feedback`` field (colocated reward-model path); None where a sample has none."""
-    if "feedback" in data.keys():
-        return [None if text is None else str(text) for text in list(data["feedback"])]
-    feedback: list[str | None] = [None] * size
-    if "extra_fields" in data.keys():
-        for index, extra in enumerate(list(data["extra_fields"])):
-            info = (extra or {}).get("reward_extra_info") or {}
-            text = info.get("feedback")
-            feedback[index] = None if text is None else str(text)
-    return feedback
+def data_parallel_size(wg: Any, mesh: str) -> int:
+    """The number of data-parallel ranks of worker group ``wg`` on dispatch mesh ``mesh`` (``actor``, ``ref``).
+
+    verl 0.9.1 has no public call for it. Its own trainer (``PPOTrainer._balance_batch``) reads the worker
+    group's private ``_dispatch_info`` cache (rank -> dp rank, filled by ``_query_dispatch_info``) exactly so;
+    this helper is the plugin's only access to it.
+    """
+    if mesh not in wg._dispatch_info:
+        wg._dispatch_info[mesh] = wg._query_dispatch_info(mesh)
+    return max(wg._dispatch_info[mesh]) + 1
 
 
 def credit_options(config: DictConfig) -> CreditConfig:
@@ -102,12 +101,12 @@ def credit_options(config: DictConfig) -> CreditConfig:
         raise ValueError(f"trainer_mode=credit needs algorithm.adv_estimator in {ESTIMATORS}, got {estimator!r}")
     if credit.granularity != "token":
         raise NotImplementedError("credit.granularity=logit is not wired into the trainer yet; use token")
-    if credit.contrast_form == "pmi" and estimator == "credit" and not credit.is_sdpo:
+    if credit.contrast_form == "pmi" and estimator == CREDIT and not credit.is_sdpo:
         raise NotImplementedError(
             "credit.contrast_form=pmi needs the student's scores under the swapped prompts, which the teacher "
             "pass does not compute yet; use credit.contrast_form=reward (or logprob)"
         )
-    return dataclasses.replace(credit, contrast_coef=0.0) if estimator == "sdpo" else credit
+    return dataclasses.replace(credit, contrast_coef=0.0) if estimator == SDPO else credit
 
 
 def check_one_output_per_session(keys: list[str]) -> None:
@@ -152,7 +151,7 @@ def context_loss_scale(response_mask: torch.Tensor, self_distillation_mask: torc
     return float(total / kept) if kept > 0 else 1.0
 
 
-@register_trainer("credit")
+@register_trainer(TRAINER_MODE)
 class CreditTrainer(PPOTrainerSync):
     """verl's ``PPOTrainerSync`` with CREDIT's teacher pass before the advantage estimator."""
 
@@ -301,13 +300,10 @@ class CreditTrainer(PPOTrainerSync):
     def _teacher_row_multiple(self) -> int:
         """Rows must split evenly over data-parallel ranks, and into micro-batches without dynamic batching."""
         engine = self._teacher_engine()
-        wg, mesh = engine.wg, engine.mesh
-        if mesh not in wg._dispatch_info:
-            wg._dispatch_info[mesh] = wg._query_dispatch_info(mesh)
-        dp_size = max(wg._dispatch_info[mesh]) + 1
-        if engine.section.log_prob_use_dynamic_bsz:
+        dp_size = data_parallel_size(engine.wg, engine.mesh)
+        if engine.batching.log_prob_use_dynamic_bsz:
             return dp_size
-        micro_batch_size = engine.section.get("log_prob_micro_batch_size_per_gpu")
+        micro_batch_size = engine.batching.get("log_prob_micro_batch_size_per_gpu")
         if micro_batch_size is None:  # verl's config validation refuses this at start-up; never int(None)
             raise ValueError(
                 f"the teacher pass on the {engine.mesh} engine needs log_prob_micro_batch_size_per_gpu "
@@ -318,10 +314,10 @@ class CreditTrainer(PPOTrainerSync):
     def _score_teacher_batch(self, teacher: TeacherBatch) -> TensorDict:
         """One worker call for all ``(1 + K) * B`` rows, with the token budget raised to fit reprompts."""
         engine = self._teacher_engine()
-        section = engine.section
-        if section.log_prob_use_dynamic_bsz:
-            fit_token_budget(teacher.data, section.log_prob_max_token_len_per_gpu)
-        tu.assign_non_tensor(teacher.data, **engine.metadata)
+        batching = engine.batching
+        if batching.log_prob_use_dynamic_bsz:
+            fit_token_budget(teacher.data, batching.log_prob_max_token_len_per_gpu)
+        tu.assign_non_tensor(teacher.data, **engine.call_fields)
         output = engine.call(teacher.data)
         if len(output) != teacher.num_rows:
             raise RuntimeError(f"teacher pass returned {len(output)} rows for {teacher.num_rows} sent")
@@ -342,7 +338,7 @@ class CreditTrainer(PPOTrainerSync):
             response_mask=data["response_mask"],
             uid=np.array(list(data["uid"]), dtype=object),
             scores=data["rm_scores"].to_padded_tensor(0.0).sum(-1),
-            feedback=_feedback_of(data, size),
+            feedback=feedback_of(data, size),
             tokenizer=self.tokenizer,
             config=self.credit,
             prompts=data["prompts"],
