@@ -18,12 +18,12 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m ruff check bench credit_plugin patches recipes scripts tests
+	$(PY) -m ruff check bench credit_plugin recipes scripts tests
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
-	$(PY) -m ruff check bench credit_plugin patches recipes scripts tests
-	$(PY) -m ruff format --check bench credit_plugin patches recipes scripts tests
+	$(PY) -m ruff check bench credit_plugin recipes scripts tests
+	$(PY) -m ruff format --check bench credit_plugin recipes scripts tests
 
 # CREDIT on the embedded tiny task through verl's main_ppo on CPU (about 5 minutes on 2 cores).
 demo: $(STAMP)

@@ -19,7 +19,8 @@ from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
 import credit_plugin
 from credit_plugin.estimators import compute_credit_advantage, compute_sdpo_advantage
 
-# verl's compute_advantage body that patches/compute_advantage_batch_inputs.py mirrors for declared inputs.
+# verl's compute_advantage body that credit_plugin/patches/compute_advantage_batch_inputs.py mirrors for declared
+# inputs.
 UPSTREAM_COMPUTE_ADVANTAGE_SHA256 = "314695381c755264971a8f25865625bad4cf46c35d91901ba2a8f5e1ea980a18"
 
 
@@ -122,7 +123,7 @@ def test_misspelt_credit_option_fails_in_the_estimator():
 def test_upstream_compute_advantage_is_the_one_the_patch_was_written_for():
     source = inspect.getsource(ray_trainer.compute_advantage.__wrapped__)
     assert hashlib.sha256(source.encode()).hexdigest() == UPSTREAM_COMPUTE_ADVANTAGE_SHA256, (
-        "verl's compute_advantage changed: re-read patches/compute_advantage_batch_inputs.py against it"
+        "verl's compute_advantage changed: re-read credit_plugin/patches/compute_advantage_batch_inputs.py against it"
     )
 
 

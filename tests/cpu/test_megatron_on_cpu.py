@@ -13,8 +13,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from credit_plugin import patches
 from credit_plugin.config import CONFIG_DIR
+from credit_plugin.dev import patches
 from credit_plugin.dev.cpu import megatron
 from credit_plugin.trainer import CreditTrainer
 
@@ -77,7 +77,7 @@ def test_other_megatron_versions_are_refused_by_name(monkeypatch):
 
 
 def test_padded_mask_hides_future_positions_and_padded_keys():
-    from credit_plugin.patches.megatron_padded_mask_on_cpu import causal_padding_mask
+    from credit_plugin.dev.patches.megatron_padded_mask_on_cpu import causal_padding_mask
 
     real = torch.tensor([[True, True, True], [True, True, False]])
     mask = causal_padding_mask(real)

@@ -85,7 +85,7 @@ def test_memory_calls_report_host_memory():
 def test_patches_refuse_other_verl_versions(monkeypatch, patch):
     import importlib
 
-    module = importlib.import_module(f"credit_plugin.patches.{patch}")
+    module = importlib.import_module(f"credit_plugin.dev.patches.{patch}")
     monkeypatch.setattr(verl, "__version__", "0.10.0")
     with pytest.raises(RuntimeError, match=rf"patch '{patch}' targets verl .*found verl 0\.10\.0"):
         module.apply()

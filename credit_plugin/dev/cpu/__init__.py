@@ -3,7 +3,7 @@
 ``import credit_plugin`` imports this package only where ``VERL_PLATFORM=cpu`` selects it.
 ``register()`` adds the ``cpu`` platform to verl's platform registry; with
 ``VERL_PLATFORM=cpu`` it also registers verl's FSDP engines for device ``cpu`` and applies the two CPU patches
-(``credit_plugin.patches.gloo_backend_on_cpu``, ``credit_plugin.patches.unpinned_offload_on_cpu``); where
+(``credit_plugin.dev.patches.gloo_backend_on_cpu``, ``credit_plugin.dev.patches.unpinned_offload_on_cpu``); where
 megatron-core and mbridge are installed, also verl's Megatron engines with their CPU mends
 (``credit_plugin.dev.cpu.megatron``).
 It must run before anything imports verl's engine modules: ``verl.workers.engine.fsdp.transformer_impl``
@@ -24,7 +24,7 @@ def register() -> None:
     register_platform()
     if cpu_selected():
         from credit_plugin.dev.cpu.engines import register_engines
-        from credit_plugin.patches import gloo_backend_on_cpu, unpinned_offload_on_cpu
+        from credit_plugin.dev.patches import gloo_backend_on_cpu, unpinned_offload_on_cpu
 
         gloo_backend_on_cpu.apply()
         unpinned_offload_on_cpu.apply()

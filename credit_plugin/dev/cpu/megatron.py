@@ -1,7 +1,7 @@
 """verl's Megatron engine on the CPU platform (development and CI only).
 
 With ``VERL_PLATFORM=cpu`` and ``credit_plugin[megatron]`` installed (megatron-core 0.16.1, mbridge 0.15.1),
-:func:`enable` applies the mends of ``credit_plugin.patches.megatron_*`` and registers verl's Megatron
+:func:`enable` applies the mends of ``credit_plugin.dev.patches.megatron_*`` and registers verl's Megatron
 engines for device ``cpu``. The engine then runs with the config of :data:`MEGATRON_CPU_OVERRIDES`: the
 vanilla mbridge, fp32, padded batches, no sequence parallelism, no distributed optimizer. Nothing here is
 imported or applied on an accelerator.
@@ -50,7 +50,7 @@ def available() -> bool:
 
 
 def _apply_mbridge_mends() -> None:
-    from credit_plugin.patches import megatron_build_on_cpu, megatron_local_spec_on_cpu
+    from credit_plugin.dev.patches import megatron_build_on_cpu, megatron_local_spec_on_cpu
 
     megatron_local_spec_on_cpu.apply()
     megatron_build_on_cpu.apply()
@@ -89,7 +89,7 @@ def enable() -> None:
 
     The mends of mbridge apply when a Megatron engine builds its model (:func:`_on_cpu`).
     """
-    from credit_plugin.patches import (
+    from credit_plugin.dev.patches import (
         megatron_cuda_device_on_cpu,
         megatron_cuda_literals_on_cpu,
         megatron_fp32_on_cpu,

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import verl
 
-from credit_plugin.patches import require_megatron, require_verl
+from credit_plugin.dev.patches import require_megatron, require_verl
 
 NAME = "megatron_rng_on_cpu"
 

@@ -18,7 +18,7 @@ import verl
 from verl.utils import distributed
 from verl.utils.device import get_device_name
 
-from credit_plugin.patches import require_verl
+from credit_plugin.dev.patches import require_verl
 
 NAME = "gloo_backend_on_cpu"
 IMPORTERS = ("verl.utils.distributed", "verl.workers.engine_workers")

@@ -16,7 +16,7 @@ import functools
 import torch
 import verl
 
-from credit_plugin.patches import require_megatron, require_verl
+from credit_plugin.dev.patches import require_megatron, require_verl
 
 NAME = "megatron_padded_mask_on_cpu"
 

@@ -16,7 +16,7 @@ import verl
 from verl.utils.device import get_device_name
 from verl.workers.config import engine
 
-from credit_plugin.patches import require_verl
+from credit_plugin.dev.patches import require_verl
 
 NAME = "megatron_fp32_on_cpu"
 FP32 = ("float32", "fp32")

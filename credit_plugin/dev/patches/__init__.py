@@ -1,28 +1,23 @@
-"""Small, named patches for what verl 0.9.1 offers no extension point for.
+"""Development-only mends that let verl run on the CPU platform (``credit_plugin.dev.cpu``).
 
-Each module holds one patch: a docstring with the reason, ``NAME``, and an ``apply()`` that checks the
-versions it was written against first. The top-level ``patches/`` folder is installed as
-``credit_plugin.patches``. The ``megatron_*`` patches are development-only mends that let verl's Megatron
-engine run on the CPU platform (``credit_plugin.dev.cpu.megatron``); nothing applies them on an accelerator.
+Each module holds one patch, as in ``credit_plugin.patches``: a docstring with the reason, ``NAME``, and an
+``apply()`` that checks the versions it was written against first. ``gloo_backend_on_cpu`` and
+``unpinned_offload_on_cpu`` are applied by ``credit_plugin.dev.cpu`` under ``VERL_PLATFORM=cpu``; the
+``megatron_*`` ones let verl's Megatron engine run there (``credit_plugin.dev.cpu.megatron``). Nothing applies
+them on an accelerator.
 """
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-SUPPORTED_VERL = ("0.9.",)
+from credit_plugin.patches import require_verl
+
+__all__ = ["SUPPORTED_MEGATRON", "require_megatron", "require_verl"]
+
 # The Megatron stack the CPU mends were written and tested against (megatron-core 0.16.1 is the newest for
 # Python 3.11; verl's default megatron-bridge needs Python >= 3.12, so the CPU path uses the vanilla mbridge).
 SUPPORTED_MEGATRON = {"megatron-core": ("0.16.",), "mbridge": ("0.15.",)}
-
-
-def require_verl(patch: str, version: str) -> None:
-    """Raise unless ``version`` is a verl release the patch ``patch`` was written and tested against."""
-    if not version.startswith(SUPPORTED_VERL):
-        raise RuntimeError(
-            f"credit_plugin patch {patch!r} targets verl {SUPPORTED_VERL}, found verl {version}; "
-            f"upgrade credit_plugin or install verl>=0.9.1,<0.10"
-        )
 
 
 def require_megatron(patch: str, *packages: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import verl
 
-from credit_plugin.patches import require_megatron, require_verl
+from credit_plugin.dev.patches import require_megatron, require_verl
 
 NAME = "megatron_cuda_device_on_cpu"
 

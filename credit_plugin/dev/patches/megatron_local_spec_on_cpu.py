@@ -17,7 +17,7 @@ import functools
 import verl
 from verl.utils.device import get_device_name
 
-from credit_plugin.patches import require_megatron, require_verl
+from credit_plugin.dev.patches import require_megatron, require_verl
 
 NAME = "megatron_local_spec_on_cpu"
 # Transformer Engine's fused norm weight -> the local spec's separate norm module, per name map.

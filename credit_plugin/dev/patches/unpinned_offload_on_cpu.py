@@ -16,7 +16,7 @@ import verl
 from verl.utils.device import get_device_name
 from verl.workers.engine.fsdp import transformer_impl
 
-from credit_plugin.patches import require_verl
+from credit_plugin.dev.patches import require_verl
 
 NAME = "unpinned_offload_on_cpu"
 

@@ -16,7 +16,7 @@ import verl
 from torch import nn
 from verl.utils.device import get_device_name
 
-from credit_plugin.patches import require_megatron, require_verl
+from credit_plugin.dev.patches import require_megatron, require_verl
 
 NAME = "megatron_build_on_cpu"
 
