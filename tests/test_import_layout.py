@@ -36,3 +36,22 @@ def test_the_demo_task_is_not_in_the_production_scorer_table():
 
     with pytest.raises(ValueError, match="no CREDIT scorer for data_source 'credit_tiny'"):
         scorers.scorer_for("credit_tiny")
+
+
+WITHOUT_VERL = """
+import sys
+sys.modules["verl"] = None  # as if verl were not installed: importlib.util.find_spec("verl") answers None
+from credit_plugin import credit_token_rewards, scorers
+result = scorers.compute_score("sciknoweval", "Answer: B", "B")
+assert result["score"] == 1.0, result
+loaded = sorted(name for name in sys.modules if name.startswith("verl.") or name.startswith("credit_plugin.dev"))
+print("LOADED", loaded)
+"""
+
+
+def test_the_math_and_the_scorers_import_without_verl(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_VERL], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "LOADED []", result.stdout[-2000:]
