@@ -60,6 +60,9 @@ NAME = "credit"
 # and the key of the feedback in it. The trainer reads the feedback back through :func:`feedback_of`.
 EXTRA_INFO_KEY = "reward_extra_info"
 FEEDBACK_KEY = "feedback"
+# The store fields :func:`feedback_of` reads: verl's per-sample ``extra_fields``, or a top-level feedback field.
+EXTRA_FIELDS = "extra_fields"
+FEEDBACK_FIELDS = (EXTRA_FIELDS, FEEDBACK_KEY)
 MANAGER_OPTIONS = {"max_parallel": 8, "score_timeout_s": 120.0}
 FAILURE_KEYS = ("reward_error", "reward_timeout")
 
@@ -131,8 +134,8 @@ def feedback_of(fields: Any, size: int) -> list[str | None]:
     if FEEDBACK_KEY in fields.keys():
         return [None if text is None else str(text) for text in list(fields[FEEDBACK_KEY])]
     feedback: list[str | None] = [None] * size
-    if "extra_fields" in fields.keys():
-        for index, extra in enumerate(list(fields["extra_fields"])):
+    if EXTRA_FIELDS in fields.keys():
+        for index, extra in enumerate(list(fields[EXTRA_FIELDS])):
             info = (extra or {}).get(EXTRA_INFO_KEY) or {}
             text = info.get(FEEDBACK_KEY)
             feedback[index] = None if text is None else str(text)

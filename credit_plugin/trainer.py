@@ -46,7 +46,7 @@ from credit_plugin.diagnostics import AdvantageDriftWatch, token_advantage_stats
 from credit_plugin.estimators import CREDIT, ESTIMATORS, SDPO, TEACHER_BATCH_KEYS
 from credit_plugin.negatives import negatives_generator
 from credit_plugin.registration import assert_registered
-from credit_plugin.reward_manager import feedback_of, reward_failure_metrics
+from credit_plugin.reward_manager import EXTRA_FIELDS, FEEDBACK_FIELDS, feedback_of, reward_failure_metrics
 from credit_plugin.rewards import contrastive_baseline, sdpo_token_rewards
 from credit_plugin.teacher import TeacherBatch, build_teacher_batch, fit_token_budget, split_teacher_log_probs
 from credit_plugin.workers import CreditActorRolloutRefWorker, check_same_layout, has_teacher_weights
@@ -55,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 # ``trainer.v1.trainer_mode`` of this trainer.
 TRAINER_MODE = "credit"
+# What the teacher pass reads from verl's store: the samples, their outcome scores and their feedback.
+TEACHER_PASS_FIELDS = ("uid", "prompts", "responses", "response_mask", "rm_scores", "raw_prompt", *FEEDBACK_FIELDS)
 # Teachers that need the frozen (ref) model next to the actor; ``current`` is the actor itself.
 REF_TEACHERS = ("frozen", "ema", "trust_region")
 # Teachers computed from both engines of one hybrid worker.
@@ -328,9 +330,8 @@ class CreditTrainer(PPOTrainerSync):
     ) -> dict[str, torch.Tensor]:
         """Teacher fields of every row of ``batch`` (padding rows: zeros and mask 0), padded to ``width``."""
         real = is_real.nonzero().flatten().tolist()
-        fields = ["uid", "prompts", "responses", "response_mask", "rm_scores", "raw_prompt", "extra_fields", "feedback"]
         keys = [batch.keys[index] for index in real]
-        data = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=fields)
+        data = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=list(TEACHER_PASS_FIELDS))
         size = len(real)
         teacher = build_teacher_batch(
             raw_prompt=list(data["raw_prompt"]),
@@ -350,8 +351,8 @@ class CreditTrainer(PPOTrainerSync):
         output = self._score_teacher_batch(teacher)
         teacher_lp, contrast_lp = split_teacher_log_probs(output["log_probs"], teacher, width=width)
         metrics.update(teacher.metrics())
-        if "extra_fields" in data.keys():
-            metrics.update(reward_failure_metrics(list(data["extra_fields"])))
+        if EXTRA_FIELDS in data.keys():
+            metrics.update(reward_failure_metrics(list(data[EXTRA_FIELDS])))
 
         rows = len(batch)
         result = {
