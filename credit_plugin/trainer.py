@@ -3,14 +3,9 @@
 Between ``old_log_probs`` and the actor update, :meth:`CreditTrainer._compute_advantage` builds the
 teacher inputs of the batch (SDPO reprompts and CREDIT's contrast variants, ``credit_plugin.teacher``),
 scores all ``1 + K`` variants in **one** worker call, and hands the scores to the ``credit``/``sdpo``
-estimator through verl's ``compute_advantage``. Which call scores the teacher (:meth:`CreditTrainer._teacher_engine`):
-
-- ``current``: the actor's ``compute_log_prob`` (the weights that generated the batch);
-- ``frozen``/``ema``: the ref engine's ``compute_ref_log_prob`` (with LoRA, ``frozen`` is the actor with its
-  adapter disabled, as verl scores its own reference); the ``ema`` ref engine follows the actor after every
-  update (``credit_plugin.workers``);
-- ``trust_region``: ``compute_trust_region_log_prob`` on the actor mesh, mixing the frozen and the actor's
-  logits inside the worker.
+estimator through verl's ``compute_advantage``. The teacher pass itself (which engine, how many rows, the
+worker call, reading back) is :class:`credit_plugin.teacher_scoring.TeacherScorer`; this class holds the verl
+hooks it overrides, the worker mapping, the EMA teacher's lifecycle and the step's metrics.
 """
 
 from __future__ import annotations
@@ -19,9 +14,6 @@ import dataclasses
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import ray
@@ -37,61 +29,25 @@ from verl.trainer.ppo.utils import Role, need_reference_policy
 from verl.trainer.ppo.v1 import utils as v1_utils
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
-from verl.utils import tensordict_utils as tu
 from verl.utils.debug import marked_timer
 from verl.workers.utils.padding import response_to_nested
 
 from credit_plugin.config import CreditConfig
 from credit_plugin.diagnostics import AdvantageDriftWatch, token_advantage_stats
 from credit_plugin.estimators import CREDIT, ESTIMATORS, SDPO, TEACHER_BATCH_KEYS
-from credit_plugin.negatives import negatives_generator
 from credit_plugin.registration import assert_registered
-from credit_plugin.reward_manager import EXTRA_FIELDS, FEEDBACK_FIELDS, feedback_of, reward_failure_metrics
 from credit_plugin.rewards import contrastive_baseline, sdpo_token_rewards
-from credit_plugin.teacher import TeacherBatch, build_teacher_batch, fit_token_budget, split_teacher_log_probs
+from credit_plugin.teacher_scoring import TeacherScorer
 from credit_plugin.workers import CreditActorRolloutRefWorker, check_same_layout, has_teacher_weights
 
 logger = logging.getLogger(__name__)
 
 # ``trainer.v1.trainer_mode`` of this trainer.
 TRAINER_MODE = "credit"
-# What the teacher pass reads from verl's store: the samples, their outcome scores and their feedback.
-TEACHER_PASS_FIELDS = ("uid", "prompts", "responses", "response_mask", "rm_scores", "raw_prompt", *FEEDBACK_FIELDS)
 # Teachers that need the frozen (ref) model next to the actor; ``current`` is the actor itself.
 REF_TEACHERS = ("frozen", "ema", "trust_region")
 # Teachers computed from both engines of one hybrid worker.
 HYBRID_TEACHERS = ("ema", "trust_region")
-
-
-@dataclass(frozen=True)
-class TeacherEngine:
-    """Where the teacher is scored.
-
-    Attributes:
-        wg: the worker group.
-        call: its log-prob method, taking verl's no-padding TensorDict.
-        mesh: the dispatch mesh of that method (``actor`` or ``ref``).
-        batching: the config section holding that engine's log-prob batching (``log_prob_use_dynamic_bsz``...).
-        call_fields: non-tensor fields the call needs on top of the teacher batch.
-    """
-
-    wg: Any
-    call: Callable[[TensorDict], TensorDict]
-    mesh: str
-    batching: DictConfig
-    call_fields: dict[str, Any] = field(default_factory=dict)
-
-
-def data_parallel_size(wg: Any, mesh: str) -> int:
-    """The number of data-parallel ranks of worker group ``wg`` on dispatch mesh ``mesh`` (``actor``, ``ref``).
-
-    verl 0.9.1 has no public call for it. Its own trainer (``PPOTrainer._balance_batch``) reads the worker
-    group's private ``_dispatch_info`` cache (rank -> dp rank, filled by ``_query_dispatch_info``) exactly so;
-    this helper is the plugin's only access to it.
-    """
-    if mesh not in wg._dispatch_info:
-        wg._dispatch_info[mesh] = wg._query_dispatch_info(mesh)
-    return max(wg._dispatch_info[mesh]) + 1
 
 
 def credit_options(config: DictConfig) -> CreditConfig:
@@ -285,86 +241,10 @@ class CreditTrainer(PPOTrainerSync):
 
     # ------------------------------------------------------------ teacher pass
 
-    def _teacher_engine(self) -> TeacherEngine:
-        """Which worker group and method score the configured teacher."""
-        actor, rollout = self.actor_rollout_wg, self.config.actor_rollout_ref.rollout
-        teacher = self.credit.teacher
-        if teacher == "current":
-            return TeacherEngine(actor, actor.compute_log_prob, "actor", rollout)
-        if teacher == "trust_region":
-            coef = {"trust_region_coef": self.credit.teacher_update_rate}
-            return TeacherEngine(actor, actor.compute_trust_region_log_prob, "actor", rollout, coef)
-        if self._ref_in_actor():
-            return TeacherEngine(actor, actor.compute_log_prob, "actor", rollout, {"no_lora_adapter": True})
-        ref = self.ref_policy_wg
-        return TeacherEngine(ref, ref.compute_ref_log_prob, "ref", self.config.actor_rollout_ref.ref)
-
-    def _teacher_row_multiple(self) -> int:
-        """Rows must split evenly over data-parallel ranks, and into micro-batches without dynamic batching."""
-        engine = self._teacher_engine()
-        dp_size = data_parallel_size(engine.wg, engine.mesh)
-        if engine.batching.log_prob_use_dynamic_bsz:
-            return dp_size
-        micro_batch_size = engine.batching.get("log_prob_micro_batch_size_per_gpu")
-        if micro_batch_size is None:  # verl's config validation refuses this at start-up; never int(None)
-            raise ValueError(
-                f"the teacher pass on the {engine.mesh} engine needs log_prob_micro_batch_size_per_gpu "
-                "or log_prob_use_dynamic_bsz=true"
-            )
-        return dp_size * int(micro_batch_size)
-
-    def _score_teacher_batch(self, teacher: TeacherBatch) -> TensorDict:
-        """One worker call for all ``(1 + K) * B`` rows, with the token budget raised to fit reprompts."""
-        engine = self._teacher_engine()
-        batching = engine.batching
-        if batching.log_prob_use_dynamic_bsz:
-            fit_token_budget(teacher.data, batching.log_prob_max_token_len_per_gpu)
-        tu.assign_non_tensor(teacher.data, **engine.call_fields)
-        output = engine.call(teacher.data)
-        if len(output) != teacher.num_rows:
-            raise RuntimeError(f"teacher pass returned {len(output)} rows for {teacher.num_rows} sent")
-        return output
-
-    def _teacher_pass(
-        self, batch: KVBatchMeta, is_real: torch.BoolTensor, width: int, metrics: dict
-    ) -> dict[str, torch.Tensor]:
-        """Teacher fields of every row of ``batch`` (padding rows: zeros and mask 0), padded to ``width``."""
-        real = is_real.nonzero().flatten().tolist()
-        keys = [batch.keys[index] for index in real]
-        data = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=list(TEACHER_PASS_FIELDS))
-        size = len(real)
-        teacher = build_teacher_batch(
-            raw_prompt=list(data["raw_prompt"]),
-            responses=data["responses"],
-            response_mask=data["response_mask"],
-            uid=np.array(list(data["uid"]), dtype=object),
-            scores=data["rm_scores"].to_padded_tensor(0.0).sum(-1),
-            feedback=feedback_of(data, size),
-            tokenizer=self.tokenizer,
-            config=self.credit,
-            prompts=data["prompts"],
-            apply_chat_template_kwargs=self.config.data.get("apply_chat_template_kwargs", None),
-            generator=negatives_generator(self.credit.negative_seed, self.global_steps),
-            temperature=self.config.actor_rollout_ref.rollout.temperature,
-            row_multiple=self._teacher_row_multiple(),
-        )
-        output = self._score_teacher_batch(teacher)
-        teacher_lp, contrast_lp = split_teacher_log_probs(output["log_probs"], teacher, width=width)
-        metrics.update(teacher.metrics())
-        if EXTRA_FIELDS in data.keys():
-            metrics.update(reward_failure_metrics(list(data[EXTRA_FIELDS])))
-
-        rows = len(batch)
-        result = {
-            "teacher_log_probs": torch.zeros(rows, width),
-            "contrast_log_probs": torch.zeros(rows, teacher.num_negatives, width),
-            "self_distillation_mask": torch.zeros(rows),
-        }
-        index = torch.tensor(real, dtype=torch.long)
-        result["teacher_log_probs"][index] = teacher_lp.float()
-        result["contrast_log_probs"][index] = contrast_lp.float()
-        result["self_distillation_mask"][index] = teacher.self_distillation_mask.float()
-        return result
+    def _teacher_scorer(self) -> TeacherScorer:
+        """This step's teacher pass over the trainer's worker groups (``credit_plugin.teacher_scoring``)."""
+        ref_wg = getattr(self, "ref_policy_wg", None)
+        return TeacherScorer(self.config, self.credit, self.actor_rollout_wg, ref_wg, self._ref_in_actor())
 
     def _teacher_metrics(self, data: DataProto, is_real: torch.BoolTensor, metrics: dict) -> None:
         """pMI, baseline and the sanity gap, over samples with a teacher context (padding rows excluded)."""
@@ -439,7 +319,10 @@ class CreditTrainer(PPOTrainerSync):
 
         is_real = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags])
         with marked_timer("teacher", self.timing_raw):
-            teacher = self._teacher_pass(batch, is_real, data.batch["response_mask"].shape[1], metrics)
+            width = data.batch["response_mask"].shape[1]
+            teacher = self._teacher_scorer().teacher_fields(
+                batch, is_real, width, self.tokenizer, self.global_steps, metrics
+            )
         for key in TEACHER_BATCH_KEYS:
             if key in teacher:
                 data.batch[key] = teacher[key]
