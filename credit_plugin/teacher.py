@@ -10,6 +10,10 @@ Row order of the batch sent to the worker: row ``v * B + i`` is variant ``v`` of
 (all originals, then negatives ``k = 0``, ..., ``k = K - 1``), followed by padding rows that make the
 row count a multiple of ``row_multiple``.
 
+``contrast_form: pmi`` also needs the policy's scores of each response under the swapped prompts without any
+context: :func:`build_student_contrast_batch` lays out those ``K * B`` rows (row ``k * B + i``: the rollout
+prompt of negative ``k`` of sample ``i``, then its response) for the actor's own log-prob pass.
+
 Teacher context (SDPO's rules, ``lasgroup/SDPO`` ``ray_trainer.py``, reimplemented):
 
 - demonstration: the first row of the same uid (batch order) whose score is ``>= success_threshold``,
@@ -450,13 +454,46 @@ def _assemble(
     temperature: float,
     row_multiple: int,
 ) -> TeacherBatch:
-    """Lay the ``V * B`` rows out variant-major, pad the row count, and build verl's jagged TensorDict."""
+    """Lay the ``V * B`` rows out variant-major, pad the row count, and build the :class:`TeacherBatch`."""
     batch_size, num_variants = len(teacher_prompts), 1 + negatives.shape[1]
     prompt_rows = [
         torch.tensor(teacher_prompts[index][variant], dtype=torch.long)
         for variant in range(num_variants)
         for index in range(batch_size)
     ]
+    data, num_padding = _no_padding_rows(prompt_rows, response_rows, mask_rows, tokenizer, temperature, row_multiple)
+    return TeacherBatch(
+        data=data,
+        negatives=negatives,
+        self_distillation_mask=contexts.mask,
+        has_solution=contexts.has_solution,
+        uses_feedback=contexts.uses_feedback,
+        feedback_available=contexts.feedback_available,
+        truncated=truncated,
+        prompt_lengths=torch.tensor(
+            [[len(teacher_prompts[i][v]) for i in range(batch_size)] for v in range(num_variants)], dtype=torch.long
+        ).reshape(num_variants, batch_size),
+        response_mask=_jagged_rows(mask_rows).to_padded_tensor(0).float(),
+        num_padding_rows=num_padding,
+    )
+
+
+def _no_padding_rows(
+    prompt_rows: list[torch.Tensor],
+    response_rows: list[torch.Tensor],
+    mask_rows: list[torch.Tensor],
+    tokenizer: PreTrainedTokenizerBase,
+    temperature: float,
+    row_multiple: int,
+) -> tuple[TensorDict, int]:
+    """verl's jagged ``compute_log_prob`` input of ``V * B`` rows: row ``v * B + i`` is prompt ``prompt_rows[v * B
+    + i]`` followed by response ``i``; padding rows make the count a multiple of ``row_multiple``.
+
+    Returns:
+        (the TensorDict, the number of padding rows appended).
+    """
+    num_variants = len(prompt_rows) // len(response_rows)
+    prompt_rows = list(prompt_rows)
     responses = response_rows * num_variants
     masks = [mask.long() for mask in mask_rows] * num_variants
     num_padding = -len(prompt_rows) % row_multiple
@@ -489,20 +526,7 @@ def _assemble(
             "max_response_len": max(r.numel() for r in responses),
         },
     )
-    return TeacherBatch(
-        data=data,
-        negatives=negatives,
-        self_distillation_mask=contexts.mask,
-        has_solution=contexts.has_solution,
-        uses_feedback=contexts.uses_feedback,
-        feedback_available=contexts.feedback_available,
-        truncated=truncated,
-        prompt_lengths=torch.tensor(
-            [[len(teacher_prompts[i][v]) for i in range(batch_size)] for v in range(num_variants)], dtype=torch.long
-        ).reshape(num_variants, batch_size),
-        response_mask=_jagged_rows(mask_rows).to_padded_tensor(0).float(),
-        num_padding_rows=num_padding,
-    )
+    return data, num_padding
 
 
 def fit_token_budget(data: TensorDict, max_token_len_per_gpu: int | None) -> TensorDict:
@@ -522,15 +546,57 @@ def fit_token_budget(data: TensorDict, max_token_len_per_gpu: int | None) -> Ten
     return data
 
 
-def split_teacher_log_probs(
-    log_probs: torch.Tensor, batch: TeacherBatch, width: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read the worker's per-token log-probs back into the samples' padded response layout.
+def _variant_log_probs(
+    log_probs: torch.Tensor, data: TensorDict, response_mask: torch.Tensor, num_variants: int, width: int | None
+) -> torch.Tensor:
+    """The worker's per-position log-probs of a variant-major batch, read back per response token.
 
     The worker returns, for every row, one value per sequence position ``p`` (prompt ++ response):
     ``log p(input_ids[p + 1] | input_ids[:p + 1])``, so response token ``t`` of a row whose sequence
     ends at ``e`` with ``R`` response tokens sits at position ``e - R - 1 + t`` (as verl's
     ``response_from_nested``). Padding rows are dropped.
+
+    Args:
+        log_probs: jagged nested tensor, one row per row of ``data`` (the worker output's ``log_probs``).
+        data: the jagged batch the worker scored (row ``v * B + i``, then padding rows).
+        response_mask: shape (B, T0), the samples' response mask.
+        num_variants: V.
+        width: response width T of the result (>= T0); default T0.
+
+    Returns:
+        shape (V, B, T), 0 where the sample's ``response_mask`` is 0.
+    """
+    if not (isinstance(log_probs, torch.Tensor) and log_probs.is_nested):
+        raise ValueError("log_probs must be the worker's jagged nested tensor (one value per sequence position)")
+    expected = data["input_ids"].offsets().diff()
+    got = log_probs.offsets().diff().to(expected.device)
+    if got.shape != expected.shape or not torch.equal(got, expected):
+        raise ValueError(
+            f"log_probs rows do not match the teacher batch: {got.numel()} rows vs {expected.numel()} expected, "
+            "or different sequence lengths (was the output reordered or padded rows dropped?)"
+        )
+    num_samples = response_mask.shape[0]
+    width = response_mask.shape[1] if width is None else width
+    if width < response_mask.shape[1]:
+        raise ValueError(f"width={width} is shorter than the longest response ({response_mask.shape[1]} tokens)")
+    mask = torch.nn.functional.pad(response_mask, (0, width - response_mask.shape[1]))
+
+    values = log_probs.values()
+    real = num_variants * num_samples
+    ends = log_probs.offsets()[1 : real + 1].to(values.device)
+    response_lengths = data["responses"].offsets().diff()[:real].to(values.device)
+    position = torch.arange(width, device=values.device)
+    index = (ends - response_lengths - 1)[:, None] + position
+    inside = position < response_lengths[:, None]
+    gathered = torch.where(inside, values[index.clamp(0, max(values.numel() - 1, 0))], 0.0)
+    # where, not a product: a masked position may hold -inf (0 * -inf is NaN)
+    return torch.where(mask.bool(), gathered.reshape(num_variants, num_samples, width), 0.0)
+
+
+def split_teacher_log_probs(
+    log_probs: torch.Tensor, batch: TeacherBatch, width: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read the worker's per-token log-probs of a :class:`TeacherBatch` back into the samples' padded layout.
 
     Args:
         log_probs: jagged nested tensor with ``batch.num_rows`` rows (the worker output's ``log_probs``).
@@ -542,30 +608,74 @@ def split_teacher_log_probs(
         contrast_log_probs: shape (B, K, T), ``log pi_ref(y_t | reprompt(x_{sigma_k(i)}, z_i), y_<t)``.
         Both are 0 where the sample's ``response_mask`` is 0.
     """
-    if not (isinstance(log_probs, torch.Tensor) and log_probs.is_nested):
-        raise ValueError("log_probs must be the worker's jagged nested tensor (one value per sequence position)")
-    expected = batch.data["input_ids"].offsets().diff()
-    got = log_probs.offsets().diff().to(expected.device)
-    if got.shape != expected.shape or not torch.equal(got, expected):
-        raise ValueError(
-            f"log_probs rows do not match the teacher batch: {got.numel()} rows vs {expected.numel()} expected, "
-            "or different sequence lengths (was the output reordered or padded rows dropped?)"
-        )
-    num_samples, num_variants = batch.num_samples, 1 + batch.num_negatives
-    mask = batch.response_mask
-    width = mask.shape[1] if width is None else width
-    if width < mask.shape[1]:
-        raise ValueError(f"width={width} is shorter than the longest response ({mask.shape[1]} tokens)")
-    mask = torch.nn.functional.pad(mask, (0, width - mask.shape[1]))
-
-    values = log_probs.values()
-    real = num_variants * num_samples
-    ends = log_probs.offsets()[1 : real + 1].to(values.device)
-    response_lengths = batch.data["responses"].offsets().diff()[:real].to(values.device)
-    position = torch.arange(width, device=values.device)
-    index = (ends - response_lengths - 1)[:, None] + position
-    inside = position < response_lengths[:, None]
-    gathered = torch.where(inside, values[index.clamp(0, max(values.numel() - 1, 0))], 0.0)
-    # where, not a product: a masked position may hold -inf (0 * -inf is NaN)
-    gathered = torch.where(mask.bool(), gathered.reshape(num_variants, num_samples, width), 0.0)
+    gathered = _variant_log_probs(log_probs, batch.data, batch.response_mask, 1 + batch.num_negatives, width)
     return gathered[0], gathered[1:].transpose(0, 1)
+
+
+@dataclass(frozen=True)
+class StudentContrastBatch:
+    """The student's side of ``contrast_form: pmi``: every sample's response under the rollout prompts of its
+    K negatives, without feedback, scored by the policy (``log pi_theta(y_t | x_{sigma_k(i)}, y_<t)``).
+
+    Attributes:
+        data: the ``compute_log_prob`` input: row ``k * B + i`` is the rollout prompt of row ``negatives[i, k]``
+            followed by sample ``i``'s response, then ``num_padding_rows`` padding rows.
+        negatives: shape (B, K), the teacher batch's negatives (the same swapped prompts).
+        response_mask: shape (B, T) float, the samples' response mask, right-padded.
+        num_padding_rows: rows appended after the ``K * B`` real rows.
+    """
+
+    data: TensorDict
+    negatives: torch.LongTensor
+    response_mask: torch.FloatTensor
+    num_padding_rows: int
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.data)
+
+
+def build_student_contrast_batch(
+    *,
+    prompts: torch.Tensor | Sequence,
+    responses: torch.Tensor | Sequence,
+    response_mask: torch.Tensor | Sequence,
+    negatives: torch.LongTensor,
+    tokenizer: PreTrainedTokenizerBase,
+    temperature: float = 1.0,
+    row_multiple: int = 1,
+) -> StudentContrastBatch:
+    """The student pass of ``contrast_form: pmi`` over the negatives of a :class:`TeacherBatch`.
+
+    Args:
+        prompts: B rows of rollout prompt ids (what the policy saw for each sample).
+        responses: B rows of response token ids, reused unchanged.
+        response_mask: B rows, same lengths as ``responses``.
+        negatives: shape (B, K), ``TeacherBatch.negatives``.
+        tokenizer: the rollout tokenizer (its pad id fills the padding rows).
+        temperature: the rollout temperature, as for ``old_log_probs``.
+        row_multiple: pad the row count to a multiple of it (see :func:`build_teacher_batch`).
+    """
+    batch_size = negatives.shape[0]
+    if row_multiple < 1:
+        raise ValueError(f"row_multiple must be >= 1, got {row_multiple}")
+    prompt_rows = _rows("prompts", prompts, batch_size)
+    response_rows = _rows("responses", responses, batch_size)
+    mask_rows = _rows("response_mask", response_mask, batch_size)
+    swapped = [prompt_rows[int(source)] for source in negatives.T.reshape(-1)]  # row k * B + i
+    data, num_padding = _no_padding_rows(swapped, response_rows, mask_rows, tokenizer, temperature, row_multiple)
+    return StudentContrastBatch(
+        data=data,
+        negatives=negatives,
+        response_mask=_jagged_rows(mask_rows).to_padded_tensor(0).float(),
+        num_padding_rows=num_padding,
+    )
+
+
+def split_student_log_probs(
+    log_probs: torch.Tensor, batch: StudentContrastBatch, width: int | None = None
+) -> torch.Tensor:
+    """``student_contrast_log_probs``: shape (B, K, T), ``log pi_theta(y_t | x_{sigma_k(i)}, y_<t)``, 0 where the
+    sample's ``response_mask`` is 0; ``log_probs`` is the worker output's jagged ``log_probs`` of ``batch``."""
+    gathered = _variant_log_probs(log_probs, batch.data, batch.response_mask, batch.negatives.shape[1], width)
+    return gathered.transpose(0, 1)

@@ -48,7 +48,14 @@ from credit_plugin.negatives import negatives_generator
 from credit_plugin.registration import assert_registered
 from credit_plugin.reward_manager import reward_failure_metrics
 from credit_plugin.rewards import contrastive_baseline, sdpo_token_rewards
-from credit_plugin.teacher import TeacherBatch, build_teacher_batch, fit_token_budget, split_teacher_log_probs
+from credit_plugin.teacher import (
+    TeacherBatch,
+    build_student_contrast_batch,
+    build_teacher_batch,
+    fit_token_budget,
+    split_student_log_probs,
+    split_teacher_log_probs,
+)
 from credit_plugin.workers import CreditActorRolloutRefWorker, check_same_layout, has_teacher_weights
 
 logger = logging.getLogger(__name__)
@@ -102,11 +109,6 @@ def credit_options(config: DictConfig) -> CreditConfig:
         raise ValueError(f"trainer_mode=credit needs algorithm.adv_estimator in {ESTIMATORS}, got {estimator!r}")
     if credit.granularity != "token":
         raise NotImplementedError("credit.granularity=logit is not wired into the trainer yet; use token")
-    if credit.contrast_form == "pmi" and estimator == "credit" and not credit.is_sdpo:
-        raise NotImplementedError(
-            "credit.contrast_form=pmi needs the student's scores under the swapped prompts, which the teacher "
-            "pass does not compute yet; use credit.contrast_form=reward (or logprob)"
-        )
     return dataclasses.replace(credit, contrast_coef=0.0) if estimator == "sdpo" else credit
 
 
@@ -298,9 +300,13 @@ class CreditTrainer(PPOTrainerSync):
         ref = self.ref_policy_wg
         return TeacherEngine(ref, ref.compute_ref_log_prob, "ref", self.config.actor_rollout_ref.ref)
 
-    def _teacher_row_multiple(self) -> int:
+    def _student_engine(self) -> TeacherEngine:
+        """The policy itself (the actor's log-prob method), which scores ``contrast_form: pmi``'s student side."""
+        actor = self.actor_rollout_wg
+        return TeacherEngine(actor, actor.compute_log_prob, "actor", self.config.actor_rollout_ref.rollout)
+
+    def _row_multiple(self, engine: TeacherEngine) -> int:
         """Rows must split evenly over data-parallel ranks, and into micro-batches without dynamic batching."""
-        engine = self._teacher_engine()
         wg, mesh = engine.wg, engine.mesh
         if mesh not in wg._dispatch_info:
             wg._dispatch_info[mesh] = wg._query_dispatch_info(mesh)
@@ -315,17 +321,32 @@ class CreditTrainer(PPOTrainerSync):
             )
         return dp_size * int(micro_batch_size)
 
-    def _score_teacher_batch(self, teacher: TeacherBatch) -> TensorDict:
-        """One worker call for all ``(1 + K) * B`` rows, with the token budget raised to fit reprompts."""
-        engine = self._teacher_engine()
+    @staticmethod
+    def _score(engine: TeacherEngine, data: TensorDict) -> TensorDict:
+        """One worker call for all rows of ``data``, with the token budget raised to fit reprompts."""
         section = engine.section
         if section.log_prob_use_dynamic_bsz:
-            fit_token_budget(teacher.data, section.log_prob_max_token_len_per_gpu)
-        tu.assign_non_tensor(teacher.data, **engine.metadata)
-        output = engine.call(teacher.data)
-        if len(output) != teacher.num_rows:
-            raise RuntimeError(f"teacher pass returned {len(output)} rows for {teacher.num_rows} sent")
+            fit_token_budget(data, section.log_prob_max_token_len_per_gpu)
+        tu.assign_non_tensor(data, **engine.metadata)
+        output = engine.call(data)
+        if len(output) != len(data):
+            raise RuntimeError(f"{engine.mesh} log-prob pass returned {len(output)} rows for {len(data)} sent")
         return output
+
+    def _student_contrast_pass(self, data: TensorDict, teacher: TeacherBatch, width: int) -> torch.Tensor:
+        """``contrast_form: pmi``: the policy's scores of each response under the K swapped rollout prompts,
+        shape (B, K, T); one more call on the actor (the policy of ``old_log_probs``), whatever the teacher."""
+        engine = self._student_engine()
+        student = build_student_contrast_batch(
+            prompts=data["prompts"],
+            responses=data["responses"],
+            response_mask=data["response_mask"],
+            negatives=teacher.negatives,
+            tokenizer=self.tokenizer,
+            temperature=self.config.actor_rollout_ref.rollout.temperature,
+            row_multiple=self._row_multiple(engine),
+        )
+        return split_student_log_probs(self._score(engine, student.data)["log_probs"], student, width=width)
 
     def _teacher_pass(
         self, batch: KVBatchMeta, is_real: torch.BoolTensor, width: int, metrics: dict
@@ -349,9 +370,9 @@ class CreditTrainer(PPOTrainerSync):
             apply_chat_template_kwargs=self.config.data.get("apply_chat_template_kwargs", None),
             generator=negatives_generator(self.credit.negative_seed, self.global_steps),
             temperature=self.config.actor_rollout_ref.rollout.temperature,
-            row_multiple=self._teacher_row_multiple(),
+            row_multiple=self._row_multiple(self._teacher_engine()),
         )
-        output = self._score_teacher_batch(teacher)
+        output = self._score(self._teacher_engine(), teacher.data)
         teacher_lp, contrast_lp = split_teacher_log_probs(output["log_probs"], teacher, width=width)
         metrics.update(teacher.metrics())
         if "extra_fields" in data.keys():
@@ -367,6 +388,10 @@ class CreditTrainer(PPOTrainerSync):
         result["teacher_log_probs"][index] = teacher_lp.float()
         result["contrast_log_probs"][index] = contrast_lp.float()
         result["self_distillation_mask"][index] = teacher.self_distillation_mask.float()
+        if self.credit.contrast_form == "pmi" and teacher.num_negatives:
+            student_lp = self._student_contrast_pass(data, teacher, width)
+            result["student_contrast_log_probs"] = torch.zeros(rows, teacher.num_negatives, width)
+            result["student_contrast_log_probs"][index] = student_lp.float()
         return result
 
     def _teacher_metrics(self, data: DataProto, is_real: torch.BoolTensor, metrics: dict) -> None:

@@ -259,7 +259,7 @@ def test_teacher_rows_pad_to_dp_times_micro_batch_and_a_missing_size_is_named():
     )
     trainer.credit = CreditConfig(teacher="frozen")
     trainer.actor_rollout_wg = trainer.ref_policy_wg = _DispatchInfo(dp=2)
-    assert trainer._teacher_row_multiple() == 10
+    assert trainer._row_multiple(trainer._teacher_engine()) == 10
     trainer.config.actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu = None
     with pytest.raises(ValueError, match="needs log_prob_micro_batch_size_per_gpu or log_prob_use_dynamic_bsz=true"):
-        trainer._teacher_row_multiple()
+        trainer._row_multiple(trainer._teacher_engine())
