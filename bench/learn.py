@@ -70,6 +70,8 @@ VARIANTS = {
         credit("credit_reward_l0.5", "credit.contrast_form=reward", "credit.contrast_coef=0.5"),
         credit("credit_reward_l0.25", "credit.contrast_form=reward", "credit.contrast_coef=0.25"),
         credit("credit_reward_l0.1", "credit.contrast_form=reward", "credit.contrast_coef=0.1"),
+        credit("credit_pmi_l1", "credit.contrast_form=pmi", "credit.contrast_coef=1.0"),
+        credit("credit_pmi_l0.25", "credit.contrast_form=pmi", "credit.contrast_coef=0.25"),
         credit(
             "credit_logprob_l1_centred",
             "credit.contrast_form=logprob",
@@ -262,8 +264,9 @@ def plot(results: dict, path: Path) -> None:
 
 
 def _earlier_runs(path: Path, setting: dict) -> dict[str, list[dict]]:
-    """Finished runs that an earlier invocation with the same setting left in ``path``: an interrupted or
-    extended bench (more ``--variants``) only runs what is missing."""
+    """Finished runs of the same budget that earlier invocations left in ``path``, every variant and seed: an
+    interrupted or extended bench (more ``--variants`` or ``--seeds``) only runs what is missing, and the
+    table keeps what ran before."""
     if not path.exists():
         return {}
     earlier = json.loads(path.read_text())
@@ -297,11 +300,11 @@ def main() -> None:
     model = build_tiny_model(assets / "model", seed=0, spec=spec)
     train, val = write_parquet(assets / "data", setting.n_train, setting.n_val, seed=0, kinds=setting.kinds)
     initial_greedy = greedy_success(model, model, val)
-    results = {"setting": vars(setting) | {"seeds": seeds}, "runs": {}}
-    earlier = _earlier_runs(args.out / "results.json", results["setting"])
+    results = {"setting": vars(setting), "runs": {}}
+    results["runs"] = _earlier_runs(args.out / "results.json", results["setting"])
     started = time.time()
     for name in variants:
-        results["runs"][name] = [run for run in earlier.get(name, []) if run["seed"] in seeds]
+        results["runs"].setdefault(name, [])
     # Seed-major: an interrupted bench still has every variant of the first seeds.
     for seed in seeds:
         for name in variants:

@@ -9,6 +9,9 @@ Which call scores the teacher (:meth:`TeacherScorer.engine`):
   update (``credit_plugin.workers``);
 - ``trust_region``: ``compute_trust_region_log_prob`` on the actor mesh, mixing the frozen and the actor's
   logits inside the worker.
+
+``contrast_form: pmi`` adds one more call, whatever the teacher: the actor's ``compute_log_prob`` of every
+response under its K swapped rollout prompts (:meth:`TeacherScorer.student_engine`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,14 @@ from verl.utils import tensordict_utils as tu
 from credit_plugin.config import CreditConfig
 from credit_plugin.negatives import negatives_generator
 from credit_plugin.reward_manager import EXTRA_FIELDS, FEEDBACK_FIELDS, feedback_of, reward_failure_metrics
-from credit_plugin.teacher import TeacherBatch, build_teacher_batch, fit_token_budget, split_teacher_log_probs
+from credit_plugin.teacher import (
+    TeacherBatch,
+    build_student_contrast_batch,
+    build_teacher_batch,
+    fit_token_budget,
+    split_student_log_probs,
+    split_teacher_log_probs,
+)
 
 # What the teacher pass reads from verl's store: the samples, their outcome scores and their feedback.
 TEACHER_PASS_FIELDS = ("uid", "prompts", "responses", "response_mask", "rm_scores", "raw_prompt", *FEEDBACK_FIELDS)
@@ -98,9 +108,15 @@ class TeacherScorer:
         ref = self.ref_wg
         return TeacherEngine(ref, ref.compute_ref_log_prob, "ref", self.config.actor_rollout_ref.ref)
 
-    def row_multiple(self) -> int:
-        """Rows must split evenly over data-parallel ranks, and into micro-batches without dynamic batching."""
-        engine = self.engine()
+    def student_engine(self) -> TeacherEngine:
+        """The policy itself (the actor's log-prob method): the student side of ``contrast_form: pmi``."""
+        actor = self.actor_wg
+        return TeacherEngine(actor, actor.compute_log_prob, "actor", self.config.actor_rollout_ref.rollout)
+
+    def row_multiple(self, engine: TeacherEngine | None = None) -> int:
+        """Rows must split evenly over data-parallel ranks, and into micro-batches without dynamic batching
+        (on ``engine``, by default the teacher's)."""
+        engine = engine or self.engine()
         dp_size = data_parallel_size(engine.wg, engine.mesh)
         if engine.batching.log_prob_use_dynamic_bsz:
             return dp_size
@@ -112,17 +128,35 @@ class TeacherScorer:
             )
         return dp_size * int(micro_batch_size)
 
-    def score(self, teacher: TeacherBatch) -> TensorDict:
-        """One worker call for all ``(1 + K) * B`` rows, with the token budget raised to fit reprompts."""
-        engine = self.engine()
+    @staticmethod
+    def score(engine: TeacherEngine, data: TensorDict) -> TensorDict:
+        """One worker call for all rows of ``data`` (all ``(1 + K) * B`` of a teacher pass), with the token
+        budget raised to fit reprompts."""
         batching = engine.batching
         if batching.log_prob_use_dynamic_bsz:
-            fit_token_budget(teacher.data, batching.log_prob_max_token_len_per_gpu)
-        tu.assign_non_tensor(teacher.data, **engine.call_fields)
-        output = engine.call(teacher.data)
-        if len(output) != teacher.num_rows:
-            raise RuntimeError(f"teacher pass returned {len(output)} rows for {teacher.num_rows} sent")
+            fit_token_budget(data, batching.log_prob_max_token_len_per_gpu)
+        tu.assign_non_tensor(data, **engine.call_fields)
+        output = engine.call(data)
+        if len(output) != len(data):
+            raise RuntimeError(f"{engine.mesh} log-prob pass returned {len(output)} rows for {len(data)} sent")
         return output
+
+    def student_contrast(
+        self, data: TensorDict, teacher: TeacherBatch, width: int, tokenizer: PreTrainedTokenizerBase
+    ) -> torch.Tensor:
+        """``contrast_form: pmi``: the policy's scores of each response under its K swapped rollout prompts,
+        shape (B, K, T), from one actor call (the weights of ``old_log_probs``)."""
+        engine = self.student_engine()
+        student = build_student_contrast_batch(
+            prompts=data["prompts"],
+            responses=data["responses"],
+            response_mask=data["response_mask"],
+            negatives=teacher.negatives,
+            tokenizer=tokenizer,
+            temperature=self.config.actor_rollout_ref.rollout.temperature,
+            row_multiple=self.row_multiple(engine),
+        )
+        return split_student_log_probs(self.score(engine, student.data)["log_probs"], student, width=width)
 
     def teacher_fields(
         self,
@@ -157,7 +191,7 @@ class TeacherScorer:
             temperature=self.config.actor_rollout_ref.rollout.temperature,
             row_multiple=self.row_multiple(),
         )
-        output = self.score(teacher)
+        output = self.score(self.engine(), teacher.data)
         teacher_lp, contrast_lp = split_teacher_log_probs(output["log_probs"], teacher, width=width)
         metrics.update(teacher.metrics())
         if EXTRA_FIELDS in data.keys():
@@ -173,4 +207,8 @@ class TeacherScorer:
         result["teacher_log_probs"][index] = teacher_lp.float()
         result["contrast_log_probs"][index] = contrast_lp.float()
         result["self_distillation_mask"][index] = teacher.self_distillation_mask.float()
+        if self.credit.contrast_form == "pmi" and teacher.num_negatives:
+            student_lp = self.student_contrast(data, teacher, width, tokenizer)
+            result["student_contrast_log_probs"] = torch.zeros(rows, teacher.num_negatives, width)
+            result["student_contrast_log_probs"][index] = student_lp.float()
         return result

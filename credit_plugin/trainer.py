@@ -34,7 +34,7 @@ from verl.workers.utils.padding import response_to_nested
 
 from credit_plugin.config import CreditConfig
 from credit_plugin.diagnostics import AdvantageDriftWatch, token_advantage_stats
-from credit_plugin.estimators import CREDIT, ESTIMATORS, SDPO, TEACHER_BATCH_KEYS
+from credit_plugin.estimators import ESTIMATORS, SDPO, TEACHER_BATCH_KEYS
 from credit_plugin.registration import assert_registered
 from credit_plugin.rewards import contrastive_baseline, sdpo_token_rewards
 from credit_plugin.teacher_scoring import TeacherScorer
@@ -59,11 +59,6 @@ def credit_options(config: DictConfig) -> CreditConfig:
         raise ValueError(f"trainer_mode=credit needs algorithm.adv_estimator in {ESTIMATORS}, got {estimator!r}")
     if credit.granularity != "token":
         raise NotImplementedError("credit.granularity=logit is not wired into the trainer yet; use token")
-    if credit.contrast_form == "pmi" and estimator == CREDIT and not credit.is_sdpo:
-        raise NotImplementedError(
-            "credit.contrast_form=pmi needs the student's scores under the swapped prompts, which the teacher "
-            "pass does not compute yet; use credit.contrast_form=reward (or logprob)"
-        )
     return dataclasses.replace(credit, contrast_coef=0.0) if estimator == SDPO else credit
 
 

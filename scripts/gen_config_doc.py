@@ -26,8 +26,9 @@ DESCRIPTIONS = {
     "are scored)",
     "contrast_form": "what lambda multiplies (`docs/method.md`): `reward` subtracts `lambda * (g - log pi_theta)`, "
     "SDPO's reward under the swapped prompts, 0 on prompt-agnostic tokens at lambda 1; `logprob` subtracts "
-    "`lambda * g`, a raw log-prob that acts as an entropy bonus; `pmi` (full contrastive pMI) is refused by the "
-    "trainer until the student's swapped-prompt pass exists",
+    "`lambda * g`, a raw log-prob that acts as an entropy bonus; `pmi` subtracts `lambda * (g - S')`, the full "
+    "contrastive pMI, with `S'` the policy's own scores under the swapped prompts (one more actor call of K rows "
+    "per sample)",
     "contrast_centering": "`none`, or `batch`: subtract the contrast term's mean over the batch's scored tokens, "
     "so it moves credit between tokens without shifting every advantage",
     "num_negatives": "K, prompts of other prompt groups (never the sample's own uid) scored per sample, drawn "

@@ -12,10 +12,12 @@ from verl.workers.utils.padding import no_padding_2_padding, response_from_neste
 
 from credit_plugin.config import CreditConfig
 from credit_plugin.teacher import (
+    build_student_contrast_batch,
     build_teacher_batch,
     fit_token_budget,
     remove_thinking,
     select_demonstrations,
+    split_student_log_probs,
     split_teacher_log_probs,
 )
 
@@ -386,6 +388,39 @@ def test_round_trip_through_verl_dispatch_matches_direct_scoring(tokenizer, tiny
     reordered = torch.nested.as_nested_tensor(list(log_probs.unbind(0))[::-1], layout=torch.jagged)
     with pytest.raises(ValueError, match="do not match the teacher batch"):
         split_teacher_log_probs(reordered, batch)
+
+
+def test_student_contrast_rows_are_the_negatives_rollout_prompts_and_read_back_per_sample(tokenizer, tiny_model):
+    uids = ["a", "a", "b", "c"]
+    kwargs = make_batch(tokenizer, uids, [1.0, 0.0, 0.0, 0.0], ["", "f", "g", ""], config=CreditConfig(num_negatives=2))
+    kwargs["response_mask"][2][1] = 0
+    rollout_prompts = [chat_ids(tokenizer, messages, **THINKING_OFF) for messages in kwargs["raw_prompt"]]
+    teacher = build_teacher_batch(**kwargs, prompts=rollout_prompts)
+    student = build_student_contrast_batch(
+        prompts=rollout_prompts,
+        responses=kwargs["responses"],
+        response_mask=kwargs["response_mask"],
+        negatives=teacher.negatives,
+        tokenizer=tokenizer,
+        row_multiple=5,
+    )
+    assert student.num_rows == 10 and student.num_padding_rows == 2
+    prompts, responses = rows(student, "prompts"), rows(student, "responses")
+    for k in range(2):
+        for i in range(4):
+            source = int(teacher.negatives[i, k])
+            assert uids[source] != uids[i]
+            assert prompts[k * 4 + i] == rollout_prompts[source] and responses[k * 4 + i] == kwargs["responses"][i]
+
+    log_probs = emulate_worker(tiny_model, student.data, dp_size=5, max_token_len=128)
+    got = split_student_log_probs(log_probs, student, width=student.response_mask.shape[1] + 2)
+    assert got.shape == (4, 2, student.response_mask.shape[1] + 2) and not got[..., -2:].any()
+    mask = student.response_mask
+    for k in range(2):
+        contexts = [rollout_prompts[int(teacher.negatives[i, k])] for i in range(4)]
+        direct, _ = response_log_probs(tiny_model, contexts, kwargs["responses"])
+        torch.testing.assert_close(got[:, k, : mask.shape[1]], direct * mask, rtol=0, atol=1e-9)
+    assert got[2, :, 1].eq(0).all()
 
 
 def test_dp_padding_rows_are_appended_and_dropped(tokenizer):

@@ -15,6 +15,8 @@ rollout ``prompts`` ids when given, else the rendering of ``raw_prompt``), so sh
 - :mod:`.layout`: verl's no-padding ``TensorDict`` of all ``V * B`` rows (:class:`TeacherBatch`), padded to the
   data-parallel multiple, and the token budget (:func:`fit_token_budget`);
 - :mod:`.readback`: the worker's log-probs back into the samples' response layout (:func:`split_teacher_log_probs`).
+
+:mod:`.student` lays out the policy's own pass of ``contrast_form: pmi`` (the swapped rollout prompts, no context).
 """
 
 from __future__ import annotations
@@ -37,14 +39,18 @@ from credit_plugin.teacher.contexts import (
 from credit_plugin.teacher.layout import TeacherBatch, assemble, fit_token_budget, token_rows
 from credit_plugin.teacher.prompts import TeacherPrompts
 from credit_plugin.teacher.readback import split_teacher_log_probs
+from credit_plugin.teacher.student import StudentContrastBatch, build_student_contrast_batch, split_student_log_probs
 
 __all__ = [
+    "StudentContrastBatch",
     "TeacherBatch",
     "TeacherContexts",
+    "build_student_contrast_batch",
     "build_teacher_batch",
     "fit_token_budget",
     "remove_thinking",
     "select_demonstrations",
+    "split_student_log_probs",
     "split_teacher_log_probs",
     "teacher_contexts",
 ]

@@ -120,13 +120,51 @@ def assemble(
     temperature: float,
     row_multiple: int,
 ) -> TeacherBatch:
-    """Lay the ``V * B`` rows out variant-major, pad the row count, and build verl's jagged TensorDict."""
+    """Lay the ``V * B`` rows out variant-major, pad the row count, and build the :class:`TeacherBatch`."""
     batch_size, num_variants = len(teacher_prompts), 1 + negatives.shape[1]
     prompt_rows = [
         torch.tensor(teacher_prompts[index][variant], dtype=torch.long)
         for variant in range(num_variants)
         for index in range(batch_size)
     ]
+    data, num_padding = no_padding_rows(prompt_rows, response_rows, mask_rows, tokenizer, temperature, row_multiple)
+    return TeacherBatch(
+        data=data,
+        negatives=negatives,
+        self_distillation_mask=contexts.mask,
+        has_solution=contexts.has_solution,
+        uses_feedback=contexts.uses_feedback,
+        feedback_available=contexts.feedback_available,
+        truncated=truncated,
+        prompt_lengths=torch.tensor(
+            [[len(teacher_prompts[i][v]) for i in range(batch_size)] for v in range(num_variants)], dtype=torch.long
+        ).reshape(num_variants, batch_size),
+        response_mask=padded_mask(mask_rows),
+        num_padding_rows=num_padding,
+    )
+
+
+def padded_mask(mask_rows: list[torch.Tensor]) -> torch.FloatTensor:
+    """The samples' response masks right-padded to the longest: shape (B, T) float."""
+    return _jagged_rows(mask_rows).to_padded_tensor(0).float()
+
+
+def no_padding_rows(
+    prompt_rows: list[torch.Tensor],
+    response_rows: list[torch.Tensor],
+    mask_rows: list[torch.Tensor],
+    tokenizer: PreTrainedTokenizerBase,
+    temperature: float,
+    row_multiple: int,
+) -> tuple[TensorDict, int]:
+    """verl's jagged ``compute_log_prob`` input of ``V * B`` rows: row ``v * B + i`` is ``prompt_rows[v * B + i]``
+    followed by response ``i``; padding rows make the count a multiple of ``row_multiple``.
+
+    Returns:
+        (the TensorDict, the number of padding rows appended).
+    """
+    num_variants = len(prompt_rows) // len(response_rows)
+    prompt_rows = list(prompt_rows)
     responses = response_rows * num_variants
     masks = [mask.long() for mask in mask_rows] * num_variants
     num_padding = -len(prompt_rows) % row_multiple
@@ -159,20 +197,7 @@ def assemble(
             "max_response_len": max(r.numel() for r in responses),
         },
     )
-    return TeacherBatch(
-        data=data,
-        negatives=negatives,
-        self_distillation_mask=contexts.mask,
-        has_solution=contexts.has_solution,
-        uses_feedback=contexts.uses_feedback,
-        feedback_available=contexts.feedback_available,
-        truncated=truncated,
-        prompt_lengths=torch.tensor(
-            [[len(teacher_prompts[i][v]) for i in range(batch_size)] for v in range(num_variants)], dtype=torch.long
-        ).reshape(num_variants, batch_size),
-        response_mask=_jagged_rows(mask_rows).to_padded_tensor(0).float(),
-        num_padding_rows=num_padding,
-    )
+    return data, num_padding
 
 
 def fit_token_budget(data: TensorDict, max_token_len_per_gpu: int | None) -> TensorDict:

@@ -176,29 +176,41 @@ def _expected_advantages(
         ]
         teacher, contrast = scores[0], torch.stack(scores[1:])
         # the contrast term of credit.contrast_form (docs/method.md), written out independently of rewards.py
-        subtracted = contrast.mean(0) - (student if config.contrast_form == "reward" else 0.0)
+        swapped_student = torch.stack(
+            [
+                label_log_probs(response_logits(model, _chat(tokenizer, question), response), response)
+                for question in questions[1:]
+            ]
+        )
+        student_part = {"reward": student, "logprob": 0.0, "pmi": swapped_student.mean(0)}[config.contrast_form]
+        subtracted = contrast.mean(0) - student_part
         expected.append(teacher - student - config.contrast_coef * subtracted)
     return expected
 
 
-def _run_compute_advantage(trainer: CreditTrainer, worker_group, method: str, prefix: str):
+def _run_compute_advantage(trainer: CreditTrainer, worker_group, methods: tuple[str, ...], prefix: str):
     """Old log-probs then ``_compute_advantage`` on a freshly stored batch; returns (advantages, metrics,
-    rows sent per call of the teacher ``method``)."""
+    {method: rows sent per call} for each of the worker group's ``methods`` during ``_compute_advantage``)."""
     batch = _store_batch(trainer.tokenizer, prefix=prefix)
-    calls = []
-    original = getattr(worker_group, method)
+    calls: dict[str, list[int]] = {method: [] for method in methods}
+    originals = {method: getattr(worker_group, method) for method in methods}
 
-    def counted(data):
-        calls.append(len(data))
-        return original(data)
+    def counted(method: str):
+        def call(data):
+            calls[method].append(len(data))
+            return originals[method](data)
+
+        return call
 
     metrics: dict = {}
     trainer._compute_old_log_prob(batch, metrics)
-    setattr(worker_group, method, counted)
+    for method in methods:
+        setattr(worker_group, method, counted(method))
     try:
         trainer._compute_advantage(batch, metrics)
     finally:
-        setattr(worker_group, method, original)
+        for method, original in originals.items():
+            setattr(worker_group, method, original)
     stored = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=["advantages"])
     return stored["advantages"].unbind(), metrics, calls
 
@@ -218,9 +230,9 @@ def test_compute_advantage_equals_the_credit_formula(stack, model_dir, tokenizer
     config, worker_group = stack
     trainer = _trainer(config, worker_group, tokenizer, teacher)
     method = "compute_log_prob" if teacher == "current" else "compute_ref_log_prob"
-    advantages, metrics, calls = _run_compute_advantage(trainer, worker_group, method, prefix=f"{teacher}-")
+    advantages, metrics, calls = _run_compute_advantage(trainer, worker_group, (method,), prefix=f"{teacher}-")
 
-    assert calls == [(1 + K) * len(SAMPLES)], "all 1+K variants of every sample in one worker call"
+    assert calls[method] == [(1 + K) * len(SAMPLES)], "all 1+K variants of every sample in one worker call"
     uids = np.array([f"{teacher}-{group}" for group, *_ in SAMPLES], dtype=object)
     expected = _expected_advantages(model_dir, tokenizer, trainer.credit, uids)
     _assert_rows_close(advantages, expected, metrics["credit/loss_scale"])
@@ -228,6 +240,29 @@ def test_compute_advantage_equals_the_credit_formula(stack, model_dir, tokenizer
     assert set(metrics) >= {"credit/pmi_mean", "credit/baseline_mean", "credit/contrast_gap_mean"}
     # Rows without a teacher context were scored under their original prompt by unchanged weights.
     assert metrics["credit/teacher_sanity_gap"] < 1e-4
+
+
+@pytest.mark.parametrize("teacher", ["frozen", "current"])
+def test_pmi_form_subtracts_the_policys_scores_under_the_swapped_prompts(stack, model_dir, tokenizer, teacher):
+    """``contrast_form: pmi``: ``(T - S) - lambda * (g - S')``, with ``S'`` the policy's scores of the response
+    under the K swapped rollout prompts, from one more actor call of K rows per sample."""
+    config, worker_group = stack
+    config.credit.contrast_form = "pmi"
+    try:
+        trainer = _trainer(config, worker_group, tokenizer, teacher)
+        methods = ("compute_log_prob",) if teacher == "current" else ("compute_ref_log_prob", "compute_log_prob")
+        advantages, metrics, calls = _run_compute_advantage(trainer, worker_group, methods, prefix=f"pmi-{teacher}-")
+    finally:
+        config.credit.contrast_form = CreditConfig().contrast_form
+
+    rows = len(SAMPLES)
+    teacher_calls = [(1 + K) * rows] if teacher == "current" else []
+    assert calls["compute_log_prob"] == [*teacher_calls, K * rows]
+    if teacher != "current":
+        assert calls["compute_ref_log_prob"] == [(1 + K) * rows]
+    uids = np.array([f"pmi-{teacher}-{group}" for group, *_ in SAMPLES], dtype=object)
+    expected = _expected_advantages(model_dir, tokenizer, trainer.credit, uids)
+    _assert_rows_close(advantages, expected, metrics["credit/loss_scale"])
 
 
 def test_trust_region_teacher_mixes_frozen_and_current_logits(stack, model_dir, tokenizer, tmp_path):
@@ -247,12 +282,12 @@ def test_trust_region_teacher_mixes_frozen_and_current_logits(stack, model_dir, 
     worker_group.load_teacher(str(tmp_path / "frozen"))
     try:
         advantages, metrics, calls = _run_compute_advantage(
-            trainer, worker_group, "compute_trust_region_log_prob", prefix="trust-"
+            trainer, worker_group, ("compute_trust_region_log_prob",), prefix="trust-"
         )
     finally:
         worker_group.load_teacher(str(tmp_path / "initial"))
 
-    assert calls == [(1 + K) * len(SAMPLES)], "all 1+K variants of every sample in one worker call"
+    assert calls["compute_trust_region_log_prob"] == [(1 + K) * len(SAMPLES)], "all 1+K variants in one call"
 
     def mixed(prompt, response):
         return torch.lerp(response_logits(frozen, prompt, response), response_logits(actor, prompt, response), TAU)

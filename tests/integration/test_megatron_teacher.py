@@ -105,13 +105,14 @@ def _advantages(stack, tokenizer, tp: int, teacher: str, prefix: str):
     configs, groups = stack
     trainer = _trainer(configs[tp], groups[tp], tokenizer, teacher)
     method = "compute_log_prob" if teacher == "current" else "compute_ref_log_prob"
-    return _run_compute_advantage(trainer, groups[tp], method, prefix=prefix)
+    return _run_compute_advantage(trainer, groups[tp], (method,), prefix=prefix)
 
 
 @pytest.mark.parametrize("teacher", ["current", "frozen"])
 def test_teacher_pass_at_tp2_equals_the_credit_formula_and_tp1(stack, model_dir, tokenizer, teacher):
     advantages, metrics, calls = _advantages(stack, tokenizer, 2, teacher, prefix=f"mcore-{teacher}-")
-    assert calls == [(1 + K) * len(SAMPLES)], "all 1+K variants of every sample in one worker call"
+    (method,) = calls
+    assert calls[method] == [(1 + K) * len(SAMPLES)], "all 1+K variants of every sample in one worker call"
     uids = np.array([f"mcore-{teacher}-{group}" for group, *_ in SAMPLES], dtype=object)
     trainer = _trainer(stack[0][2], stack[1][2], tokenizer, teacher)
     expected = _expected_advantages(model_dir, tokenizer, trainer.credit, uids)
@@ -120,7 +121,7 @@ def test_teacher_pass_at_tp2_equals_the_credit_formula_and_tp1(stack, model_dir,
 
     # The same batch on two data-parallel ranks of TP=1: rows padded to a multiple of the DP size.
     tp1, _, tp1_calls = _advantages(stack, tokenizer, 1, teacher, prefix=f"tp1-{teacher}-")
-    assert all(rows % WORLD == 0 for rows in tp1_calls)
+    assert all(rows % WORLD == 0 for sizes in tp1_calls.values() for rows in sizes)
     for row, (got, want) in enumerate(zip(advantages, tp1, strict=True)):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-4, msg=f"sample {row}: TP=2 vs TP=1")
 
