@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo demo-compare bench learn learn-quick clean
+.PHONY: venv test lint demo demo-compare bench learn learn-sweep learn-quick clean
 
 venv: $(STAMP)
 
@@ -38,10 +38,15 @@ demo-compare: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run.py
 
-# Does the policy get better? GRPO, SDPO and CREDIT variants through main_ppo, 2 seeds, held-out success before
-# and after; writes runs/learn/results.{json,md} and learning.png (about 7 minutes a run on 2 cores: 10 runs).
+# Does the policy get better? GRPO, SDPO, CREDIT (defaults) and CREDIT at lambda 1 through main_ppo, 2 seeds,
+# held-out success before and after; writes runs/learn/results.{json,md} and learning.png (8 runs of 5 to 7
+# minutes each on 2 cores shared with other jobs).
 learn: $(STAMP)
 	$(PY) bench/learn.py
+
+# The lambda sweep of every contrast form, one seed (6 runs); joins runs/learn/results.json.
+learn-sweep: $(STAMP)
+	$(PY) bench/learn.py --sweep
 
 # The same, two 2-step runs (what CI runs as tests/e2e/test_learn_quick.py).
 learn-quick: $(STAMP)

@@ -80,7 +80,16 @@ VARIANTS = {
         ),
     )
 }
-DEFAULT_VARIANTS = ("grpo", "sdpo", "credit", "credit_reward_l1", "credit_logprob_l1")
+DEFAULT_VARIANTS = ("grpo", "sdpo", "credit", "credit_reward_l1")
+# The lambda sweep of every form, one seed (``make learn-sweep``; its runs join the same results file).
+SWEEP_VARIANTS = (
+    "credit_reward_l0.5",
+    "credit_reward_l0.1",
+    "credit_logprob_l1",
+    "credit_logprob_l0.25",
+    "credit_pmi_l1",
+    "credit_pmi_l0.25",
+)
 QUICK_VARIANTS = ("grpo", "credit")
 
 
@@ -283,10 +292,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=Setting.lr)
     parser.add_argument("--out", type=Path, default=REPO / "runs/learn")
     parser.add_argument("--quick", action="store_true", help="GRPO and CREDIT, one seed, 2 steps (CI smoke)")
+    parser.add_argument("--sweep", action="store_true", help="the lambda sweep of every form, first seed only")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     setting = Setting(steps=args.steps, lr=args.lr, extra=args.overrides)
     variants, seeds = args.variants, args.seeds
+    if args.sweep:
+        variants, seeds = list(SWEEP_VARIANTS), seeds[:1]
     if args.quick:
         variants, seeds = list(QUICK_VARIANTS), seeds[:1]
         setting = Setting(steps=2, prompts_per_step=4, n_train=32, n_val=8, lr=args.lr, extra=args.overrides)

@@ -78,3 +78,17 @@ def test_a_resumed_run_keeps_the_steps_before_its_checkpoint(demo, monkeypatch, 
     (tmp_path / "credit/checkpoints/latest_checkpointed_iteration.txt").unlink()
     demo.run("credit", tmp_path, assets, 2, [])
     assert _records(metrics) == [(1, 1), (2, 1)]
+
+
+def test_compare_shows_the_reward_of_the_first_and_the_last_half(demo, tmp_path, capsys):
+    rewards = [0.2, 0.4, 0.6, 1.0]
+    records = [{"step": 0, "data": {"val-core/credit_tiny/acc/mean@4": 0.5}}]
+    records += [{"step": s + 1, "data": {"critic/score/mean": r, "credit/pmi_mean": -r}} for s, r in enumerate(rewards)]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    demo.compare({"credit": path})
+    header, row = capsys.readouterr().out.strip().splitlines()
+    assert header.split()[1:5] == ["reward", "1st", "reward", "2nd"]
+    cells = row.split()
+    assert cells[0] == "credit" and float(cells[1]) == pytest.approx(0.3) and float(cells[2]) == pytest.approx(0.8)
+    assert float(cells[3]) == pytest.approx(-0.8)  # pMI over the last half

@@ -152,17 +152,23 @@ def _show_new(attempt: Path, metrics: Path, shown: int) -> int:
     return len(lines)
 
 
+def _mean(records: list[dict], key: str) -> float | None:
+    values = [record[key] for record in records if isinstance(record.get(key), int | float)]
+    return sum(values) / len(values) if values else None
+
+
 def compare(paths: dict[str, Path]) -> None:
-    """Mean of the last half of the steps, per algorithm."""
-    print("\nalgo    " + "".join(f"{title:>14}" for _, title in COLUMNS))
+    """Per algorithm: the training reward over the first half of the steps, then every column's mean over the
+    last half (so the first two columns say whether the reward went up)."""
+    reward_key, reward_title = COLUMNS[0]
+    titles = [f"{reward_title} 1st", *(f"{title} 2nd" if key == reward_key else title for key, title in COLUMNS)]
+    print("\nalgo    " + "".join(f"{title:>14}" for title in titles))
     for algo, path in paths.items():
         records = [json.loads(line).get("data", {}) for line in path.read_text().splitlines()]
-        tail = records[len(records) // 2 :]
-        cells = []
-        for key, _ in COLUMNS:
-            values = [r[key] for r in tail if isinstance(r.get(key), int | float)]
-            cells.append(f"{sum(values) / len(values):>14.4g}" if values else f"{'-':>14}")
-        print(f"{algo:<8}" + "".join(cells))
+        records = [record for record in records if reward_key in record]  # training steps (not validation)
+        half = len(records) // 2
+        values = [_mean(records[:half], reward_key), *(_mean(records[half:], key) for key, _ in COLUMNS)]
+        print(f"{algo:<8}" + "".join(f"{'-':>14}" if value is None else f"{value:>14.4g}" for value in values))
 
 
 def main() -> None:
