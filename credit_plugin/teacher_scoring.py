@@ -99,7 +99,7 @@ class TeacherScorer:
         actor, rollout = self.actor_wg, self.config.actor_rollout_ref.rollout
         teacher = self.credit.teacher
         if teacher == "current":
-            return TeacherEngine(actor, actor.compute_log_prob, "actor", rollout)
+            return self.student_engine()
         if teacher == "trust_region":
             coef = {"trust_region_coef": self.credit.teacher_update_rate}
             return TeacherEngine(actor, actor.compute_trust_region_log_prob, "actor", rollout, coef)
@@ -170,12 +170,14 @@ class TeacherScorer:
         """Teacher fields of every row of ``batch`` (padding rows: zeros and mask 0), padded to ``width``.
 
         Reads the real rows from verl's store, builds their teacher batch, scores it in one worker call and
-        reads it back; adds the teacher's and the reward failures' metrics of training step ``step``.
+        reads it back (``contrast_form: pmi``: plus one actor call, :meth:`student_contrast`); adds the teacher's
+        and the reward failures' metrics of training step ``step``.
         """
         real = is_real.nonzero().flatten().tolist()
         keys = [batch.keys[index] for index in real]
         data = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=list(TEACHER_PASS_FIELDS))
         size = len(real)
+        engine = self.engine()
         teacher = build_teacher_batch(
             raw_prompt=list(data["raw_prompt"]),
             responses=data["responses"],
@@ -189,9 +191,9 @@ class TeacherScorer:
             apply_chat_template_kwargs=self.config.data.get("apply_chat_template_kwargs", None),
             generator=negatives_generator(self.credit.negative_seed, step),
             temperature=self.config.actor_rollout_ref.rollout.temperature,
-            row_multiple=self.row_multiple(),
+            row_multiple=self.row_multiple(engine),
         )
-        output = self.score(self.engine(), teacher.data)
+        output = self.score(engine, teacher.data)
         teacher_lp, contrast_lp = split_teacher_log_probs(output["log_probs"], teacher, width=width)
         metrics.update(teacher.metrics())
         if EXTRA_FIELDS in data.keys():
