@@ -38,7 +38,12 @@ from credit_plugin.estimators import ESTIMATORS, SDPO, TEACHER_BATCH_KEYS
 from credit_plugin.registration import assert_registered
 from credit_plugin.rewards import contrastive_baseline, sdpo_token_rewards
 from credit_plugin.teacher_scoring import TeacherScorer
-from credit_plugin.workers import CreditActorRolloutRefWorker, check_same_layout, has_teacher_weights
+from credit_plugin.workers import (
+    CreditActorRolloutRefWorker,
+    check_same_layout,
+    check_trust_region_pipeline,
+    has_teacher_weights,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +109,17 @@ def context_loss_scale(response_mask: torch.Tensor, self_distillation_mask: torc
     return float(total / kept) if kept > 0 else 1.0
 
 
+def ref_in_actor(config: DictConfig) -> bool:
+    """Whether verl keeps the reference model inside the actor (LoRA: the actor with its adapter disabled).
+
+    Args:
+        config: the ``actor_rollout_ref`` section.
+    """
+    model = config.model
+    lora_rank = model.get("lora", {}).get("rank", 0) or model.get("lora_rank", 0)
+    return lora_rank > 0 or model.get("lora_adapter_path") is not None
+
+
 @register_trainer(TRAINER_MODE)
 class CreditTrainer(PPOTrainerSync):
     """verl's ``PPOTrainerSync`` with CREDIT's teacher pass before the advantage estimator."""
@@ -144,13 +160,14 @@ class CreditTrainer(PPOTrainerSync):
                 f"{actor.router_replay.mode}: the teacher's reprompted sequences have no recorded routes; use disabled"
             )
         if self.credit.teacher == "trust_region":
-            # The worker mixes the two models' full logits through the FSDP engine's logits hook only.
-            raise ValueError(
-                "credit.teacher=trust_region runs on the FSDP engines only; with model_engine=megatron use "
-                "credit.teacher=ema, frozen or current"
-            )
-        if self.credit.teacher == "ema":
-            check_same_layout(config.ref.megatron, actor)
+            if ref_in_actor(config):
+                raise ValueError(
+                    "credit.teacher=trust_region with model_engine=megatron needs a ref engine as its frozen model; "
+                    "with LoRA (the ref model lives in the actor) use the FSDP engines or credit.teacher=frozen"
+                )
+            check_trust_region_pipeline(actor)
+        if self.credit.teacher in HYBRID_TEACHERS:
+            check_same_layout(config.ref.megatron, actor, teacher=self.credit.teacher)
 
     # ------------------------------------------------------------------ workers
 
@@ -197,9 +214,7 @@ class CreditTrainer(PPOTrainerSync):
             self.ref_policy_wg = self.actor_rollout_wg
 
     def _ref_in_actor(self) -> bool:
-        model = self.config.actor_rollout_ref.model
-        lora_rank = model.get("lora", {}).get("rank", 0) or model.get("lora_rank", 0)
-        return lora_rank > 0 or model.get("lora_adapter_path") is not None
+        return ref_in_actor(self.config.actor_rollout_ref)
 
     def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         batch = super()._update_actor(batch, metrics)

@@ -5,11 +5,13 @@ is the frozen teacher, with ``tau = 1`` the current one. Unlike the ``ema`` teac
 weights, and unlike a mix of probabilities it never leaves the models' own logit space (SDPO's
 ``teacher_regularization: trust-region``).
 
-The mix needs both models' full logits at the same positions, so it is computed where the logits are, one
-micro-batch at a time (``credit_plugin.workers``); this module holds the math only.
+The mix needs both models' logits at the same positions, so it is computed where the logits are, one
+micro-batch at a time (``credit_plugin.trust_region_engines``); this module holds the math only.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -18,12 +20,18 @@ import torch
 DEFAULT_CHUNK_TOKENS = 1024
 
 
+def label_log_probs(logits: torch.Tensor, labels: torch.LongTensor) -> torch.Tensor:
+    """``log_softmax(logits)[labels]`` of logits (N, V) and labels (N,): shape (N,)."""
+    return logits.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
 def trust_region_log_probs(
     frozen_logits: torch.Tensor,
     current_logits: torch.Tensor,
     labels: torch.LongTensor,
     coef: float,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    log_probs_of: Callable[[torch.Tensor, torch.LongTensor], torch.Tensor] = label_log_probs,
 ) -> torch.Tensor:
     """Label log-probs under the logit mix ``(1 - coef) * frozen_logits + coef * current_logits``.
 
@@ -33,6 +41,10 @@ def trust_region_log_probs(
         labels: shape (N,), the token whose log-prob is taken at each position.
         coef: the mix coefficient ``tau`` in [0, 1].
         chunk_tokens: positions mixed at a time, in float32.
+        log_probs_of: label log-probs of mixed logits (n, V) and labels (n,). With a tensor-parallel rank's
+            vocabulary shard as V, pass Megatron's vocab-parallel one: the lerp is elementwise, so each rank
+            mixes its own shard and only the log-softmax's max and sum cross ranks (every rank must then
+            call with the same N).
 
     Returns:
         Tensor of shape (N,), float32.
@@ -55,6 +67,5 @@ def trust_region_log_probs(
     for start in range(0, labels.numel(), chunk_tokens):
         rows = slice(start, start + chunk_tokens)
         mixed = torch.lerp(frozen_logits[rows].float(), current_logits[rows].float(), coef)
-        picked = mixed.gather(-1, labels[rows, None]).squeeze(-1)
-        out[rows] = picked - torch.logsumexp(mixed, dim=-1)
+        out[rows] = log_probs_of(mixed, labels[rows])
     return out

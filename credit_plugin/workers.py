@@ -4,11 +4,10 @@
   engine is built from the same model and parallel config as the actor, so both hold identically sharded
   parameters (FSDP shards, or Megatron's tensor/pipeline-parallel shards under the same TP/PP layout, which
   :func:`check_same_layout` requires) and the update runs shard by shard on each rank, without gathering.
-- ``trust_region``: ``log_softmax((1 - tau) * z_frozen + tau * z_current)``. verl's FSDP engine hands a
-  micro-batch's full logits to its loss function when the batch carries ``distillation_use_topk`` (the hook
-  of its top-k distillation); :class:`TrustRegionLogits` uses that hook during the actor's forward to run
-  the frozen model (the ref engine, or the actor with its LoRA adapter disabled) on the same micro-batch and
-  mix the two, so no full logits ever leave the worker.
+- ``trust_region``: ``log_softmax((1 - tau) * z_frozen + tau * z_current)``, mixed inside the actor's
+  log-prob pass through the engines' logits hook (``credit_plugin.trust_region_engines``): the frozen model
+  is the ref engine, or on FSDP the actor with its LoRA adapter disabled. On Megatron each tensor-parallel
+  rank mixes its vocabulary shard; the ref engine must be sharded like the actor, without pipeline stages.
 """
 
 from __future__ import annotations
@@ -17,9 +16,8 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Any
+from functools import partial
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -32,7 +30,12 @@ from verl.utils import tensordict_utils as tu
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from credit_plugin.trust_region import trust_region_log_probs
+from credit_plugin.trust_region_engines import (
+    MegatronTrustRegion,
+    TrustRegionLogits,
+    engine_logits,
+    megatron_engine_logits,
+)
 
 # The fields of verl's ``McoreEngineConfig`` that decide which shard of which parameter a rank holds.
 MEGATRON_LAYOUT = (
@@ -61,23 +64,45 @@ def _engine_modules(engine) -> list[nn.Module]:
     return list(module) if isinstance(module, list | tuple | nn.ModuleList) else [module]
 
 
-def check_same_layout(teacher_config, student_config, teacher: str = "ref", student: str = "actor") -> None:
-    """Raise unless two Megatron engine configs shard parameters the same way (:data:`MEGATRON_LAYOUT`).
+# Why each teacher needs the ref engine sharded like the actor.
+_SAME_LAYOUT_REASONS = {
+    "ema": "the EMA runs shard by shard",
+    "trust_region": "the two models' logits mix vocabulary shard by vocabulary shard",
+}
+
+
+def check_same_layout(teacher_config, student_config, teacher: str = "ema") -> None:
+    """Raise unless the ref and actor Megatron engine configs shard the same way (:data:`MEGATRON_LAYOUT`).
 
     Args:
-        teacher_config, student_config: ``McoreEngineConfig`` objects or ``megatron`` config sections.
-        teacher, student: the config sections' roles, for the error message.
+        teacher_config, student_config: the ref's and the actor's ``McoreEngineConfig`` or ``megatron`` section.
+        teacher: the ``credit.teacher`` that needs it (a key of :data:`_SAME_LAYOUT_REASONS`), for the message.
     """
     differing = [
-        f"{field}: {student} {student_config.get(field)} vs {teacher} {teacher_config.get(field)}"
+        f"{field}: actor {student_config.get(field)} vs ref {teacher_config.get(field)}"
         for field in MEGATRON_LAYOUT
         if teacher_config.get(field) != student_config.get(field)
     ]
     if differing:
         raise ValueError(
-            f"credit.teacher=ema needs the {teacher} engine sharded like the {student} (the EMA runs shard by "
-            f"shard); set actor_rollout_ref.{teacher}.megatron.* equal to actor_rollout_ref.{student}.megatron.*: "
-            + "; ".join(differing)
+            f"credit.teacher={teacher} needs the ref engine sharded like the actor ({_SAME_LAYOUT_REASONS[teacher]}); "
+            "set actor_rollout_ref.ref.megatron.* equal to actor_rollout_ref.actor.megatron.*: " + "; ".join(differing)
+        )
+
+
+def check_trust_region_pipeline(actor_config) -> None:
+    """Raise unless the Megatron actor runs without pipeline parallelism, which the trust-region mix needs.
+
+    Args:
+        actor_config: the actor's ``McoreEngineConfig`` or ``actor_rollout_ref.actor.megatron`` section.
+    """
+    stages = actor_config.get("pipeline_model_parallel_size") or 1
+    if stages > 1:
+        raise ValueError(
+            "credit.teacher=trust_region on Megatron needs actor_rollout_ref.actor.megatron."
+            f"pipeline_model_parallel_size=1, got {stages}: the frozen model runs inside the actor's last "
+            "pipeline stage, on the same micro-batch, where the other stages would have to take part too; "
+            "use tensor parallelism, or credit.teacher=ema"
         )
 
 
@@ -210,63 +235,6 @@ def rotate_teacher_checkpoints(root: str, max_to_keep: int | None) -> list[str]:
     return removed
 
 
-def _zero_loss(data: TensorDict) -> tuple[torch.Tensor, dict]:
-    return torch.zeros((), device=data["input_ids"].device), {}
-
-
-def engine_logits(engine: FSDPEngineWithLMHead, micro_batch: TensorDict) -> torch.Tensor:
-    """The temperature-scaled logits of ``micro_batch`` from ``engine``'s own forward step.
-
-    ``micro_batch`` must carry ``distillation_use_topk`` and ``distillation_only`` (verl then passes the
-    logits to the loss function and skips its own log-probs).
-
-    Returns:
-        Tensor of shape (1, N, V): N packed positions in the engine's layout (sliced and padded under
-        Ulysses sequence parallelism).
-    """
-    captured: list[torch.Tensor] = []
-
-    def capture(*, data: TensorDict, student_logits: torch.Tensor | None = None, **_: Any):
-        if student_logits is None:
-            return _zero_loss(data)
-        captured.append(student_logits)
-        return {}
-
-    engine.forward_step(micro_batch, loss_function=capture, forward_only=True)
-    if len(captured) != 1:
-        raise RuntimeError("the frozen model's forward did not expose its logits (fused kernels enabled?)")
-    return captured[0]
-
-
-class TrustRegionLogits:
-    """verl engine loss function that returns the trust-region teacher's label log-probs as ``log_probs``.
-
-    Called twice per micro-batch by ``FSDPEngineWithLMHead.forward_step``: first with the actor's logits
-    (``student_logits``, shape (1, N, V)), returning ``{"log_probs": (1, N)}``, which verl gathers into its
-    usual nested ``log_probs`` output; then as the loss (zero: nothing is trained).
-    """
-
-    def __init__(
-        self,
-        actor_engine: FSDPEngineWithLMHead,
-        frozen_logits: Callable[[TensorDict], torch.Tensor],
-        coef: float,
-    ):
-        self.actor_engine = actor_engine
-        self.frozen_logits = frozen_logits
-        self.coef = coef
-
-    def __call__(self, *, data: TensorDict, student_logits: torch.Tensor | None = None, **_: Any):
-        if student_logits is None:
-            return _zero_loss(data)
-        frozen = self.frozen_logits(data)
-        # The labels in the layout of the logits (rolled, SP-sliced): recomputed by verl's own input step.
-        _, output_args = self.actor_engine.prepare_model_inputs(micro_batch=data)
-        labels = output_args["input_ids_rmpad_rolled"].reshape(-1)
-        log_probs = trust_region_log_probs(frozen.squeeze(0), student_logits.squeeze(0), labels, self.coef)
-        return {"log_probs": log_probs.unsqueeze(0)}
-
-
 class CreditActorRolloutRefWorker(ActorRolloutRefWorker):
     """Adds the EMA and trust-region teachers to verl's hybrid worker; everything else is verl's."""
 
@@ -281,18 +249,27 @@ class CreditActorRolloutRefWorker(ActorRolloutRefWorker):
         if self.actor is None:
             raise RuntimeError(f"the trust-region teacher needs the actor engine, got role {self.role!r}")
         engine = self.actor.engine
-        if not isinstance(engine, FSDPEngineWithLMHead):
+        if not (is_megatron(engine) or isinstance(engine, FSDPEngineWithLMHead)):
             raise NotImplementedError(
-                f"credit.teacher=trust_region is implemented for the FSDP engines, not {type(engine).__name__}"
+                f"credit.teacher=trust_region is implemented for verl's FSDP and Megatron engines, not "
+                f"{type(engine).__name__}"
             )
         if self.actor.engine_config.use_fused_kernels:
             raise ValueError(
-                "credit.teacher=trust_region needs full logits: set actor_rollout_ref.model.use_fused_kernels=false"
+                "credit.teacher=trust_region needs the logits: set actor_rollout_ref.model.use_fused_kernels=false"
             )
         coef = tu.pop(data, key="trust_region_coef")
         if coef is None:
             raise ValueError("compute_trust_region_log_prob needs the non-tensor field trust_region_coef (tau)")
         coef = float(coef)
+        if is_megatron(engine):
+            output = self._megatron_trust_region(data, coef)
+        else:
+            output = self._fsdp_trust_region(data, coef)
+        return output.cpu() if output is not None else None
+
+    def _fsdp_trust_region(self, data: TensorDict, coef: float) -> TensorDict | None:
+        engine = self.actor.engine
         if self.ref is None and not hasattr(engine.module, "disable_adapter"):
             raise RuntimeError(
                 "the trust-region teacher needs a frozen model: a ref engine (role actor_rollout_ref) or a LoRA "
@@ -316,10 +293,24 @@ class CreditActorRolloutRefWorker(ActorRolloutRefWorker):
         self.actor.loss_fn = TrustRegionLogits(engine, frozen, coef)
         try:
             with frozen_mode:
-                output = self.actor.infer_batch(data)
+                return self.actor.infer_batch(data)
         finally:
             self.actor.loss_fn = loss_fn
-        return output.cpu() if output is not None else None
+
+    def _megatron_trust_region(self, data: TensorDict, coef: float) -> TensorDict | None:
+        if self.ref is None:
+            # verl's Megatron LoRA needs Megatron-Bridge, which this plugin has not been run with.
+            raise RuntimeError(
+                "credit.teacher=trust_region on Megatron needs a ref engine (role actor_rollout_ref) as its frozen "
+                f"model; this worker has role {self.role!r} (a LoRA actor's adapter-free forward is FSDP-only)"
+            )
+        check_trust_region_pipeline(self.actor.engine.engine_config)
+        check_same_layout(self.ref.engine.engine_config, self.actor.engine.engine_config, teacher="trust_region")
+        # No loss: the engine's logits hook returns the mixed log-probs, which verl gathers as its own.
+        tu.assign_non_tensor(data, compute_loss=False, distillation_use_topk=True, distillation_only=True)
+        ref = self.ref.engine
+        with ref.eval_mode(), MegatronTrustRegion(self.actor.engine, partial(megatron_engine_logits, ref), coef):
+            return self.actor.infer_batch(data)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def update_teacher_ema(self, rate: float) -> float:
@@ -327,7 +318,7 @@ class CreditActorRolloutRefWorker(ActorRolloutRefWorker):
         if self.ref is None or self.actor is None:
             raise RuntimeError(f"the EMA teacher needs a worker with role actor_rollout_ref, got {self.role!r}")
         if is_megatron(self.actor.engine):
-            check_same_layout(self.ref.engine.engine_config, self.actor.engine.engine_config)
+            check_same_layout(self.ref.engine.engine_config, self.actor.engine.engine_config, teacher="ema")
         return ema_update_(_engine_modules(self.ref.engine), _engine_modules(self.actor.engine), rate)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)

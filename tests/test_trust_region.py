@@ -79,3 +79,43 @@ def test_low_precision_logits_are_mixed_in_float32():
 def test_bad_input_is_named(frozen, current, labels, coef, message):
     with pytest.raises(ValueError, match=message):
         trust_region_log_probs(frozen, current, labels, coef)
+
+
+def test_a_custom_label_log_prob_function_sees_the_float32_mix_in_chunks():
+    """The hook Megatron's vocab-parallel cross-entropy enters by: called once per chunk with the mix."""
+    frozen, current = _logits(0), _logits(1)
+    seen = []
+
+    def log_probs_of(mixed: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        seen.append((mixed.dtype, tuple(mixed.shape), labels.tolist()))
+        return torch.log_softmax(mixed, -1).gather(-1, labels[:, None])[:, 0]
+
+    got = trust_region_log_probs(frozen.bfloat16(), current.bfloat16(), LABELS, 0.5, 3, log_probs_of)
+    assert seen == [
+        (torch.float32, (3, 11), [0, 3, 10]),
+        (torch.float32, (3, 11), [5, 5, 1]),
+        (torch.float32, (1, 11), [7]),
+    ]
+    torch.testing.assert_close(got, trust_region_log_probs(frozen.bfloat16(), current.bfloat16(), LABELS, 0.5))
+
+
+def test_the_megatron_hook_matches_verls_logits_processor():
+    """The Megatron path wraps verl's private ``_lm_head_logits_processor``: its parameters are checked against
+    the installed verl, and an engine without them is refused by name."""
+    pytest.importorskip("megatron.core")
+    from verl.workers.engine.megatron.transformer_impl import MegatronEngineWithLMHead
+
+    from credit_plugin.trust_region_engines import MEGATRON_LOGITS_PROCESSOR, MegatronTrustRegion
+
+    engine = object.__new__(MegatronEngineWithLMHead)
+    hook = MegatronTrustRegion(engine, frozen_logits=lambda data: data, coef=0.5)
+    with hook:
+        assert getattr(engine, MEGATRON_LOGITS_PROCESSOR) == hook._processor
+    assert getattr(engine, MEGATRON_LOGITS_PROCESSOR).__func__ is MegatronEngineWithLMHead._lm_head_logits_processor
+
+    class Renamed:
+        def _lm_head_logits_processor(self, logits, labels, temperature, **kwargs):
+            """A verl whose processor takes ``labels``."""
+
+    with pytest.raises(NotImplementedError, match=r"_lm_head_logits_processor.*lacks \['distillation_only', 'label'"):
+        MegatronTrustRegion(Renamed(), frozen_logits=lambda data: data, coef=0.5)

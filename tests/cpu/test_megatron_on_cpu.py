@@ -97,7 +97,18 @@ def _config(*overrides: str):
     [
         (["actor_rollout_ref.actor.megatron.dynamic_context_parallel=true"], "dynamic_context_parallel=true"),
         (["actor_rollout_ref.actor.megatron.router_replay.mode=R3"], "router_replay.mode=R3"),
-        (["credit.teacher=trust_region"], "trust_region runs on the FSDP engines only"),
+        (
+            ["credit.teacher=trust_region", "actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=2"],
+            "pipeline_model_parallel_size=1, got 2",
+        ),
+        (
+            ["credit.teacher=trust_region", "actor_rollout_ref.ref.megatron.tensor_model_parallel_size=2"],
+            "trust_region needs the ref engine sharded like the actor.*tensor_model_parallel_size: actor 1 vs ref 2",
+        ),
+        (
+            ["credit.teacher=trust_region", "actor_rollout_ref.model.lora.rank=8"],
+            "trust_region with model_engine=megatron needs a ref engine",
+        ),
         (
             ["credit.teacher=ema", "actor_rollout_ref.ref.megatron.tensor_model_parallel_size=4"],
             "tensor_model_parallel_size: actor 1 vs ref 4",

@@ -1,6 +1,6 @@
 """The CREDIT teacher pass on verl's hybrid Megatron worker at TP=2 (2 Ray workers over gloo, CPU platform),
 against the formula rebuilt with plain transformers, and against the same worker at TP=1 (2 data-parallel
-ranks); the EMA teacher's update, save and reload through the Megatron workers."""
+ranks); the EMA teacher's update, save and reload, and the trust-region mix, through the Megatron workers."""
 
 from __future__ import annotations
 
@@ -158,6 +158,43 @@ def test_ema_teacher_follows_the_actor_shard_by_shard(stack, model_dir, tokenize
             groups[tp].load_teacher(str(model_dir))
         _assert_rows_close(results[tp], expected, metrics["credit/loss_scale"])
         # Plain rows show the teacher's drift from the actor: the EMA teacher is not the actor.
+        assert metrics["credit/teacher_sanity_gap"] > 1e-3
+    for got, want in zip(results[2], results[1], strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+
+def test_trust_region_teacher_mixes_vocabulary_shards_at_tp2(stack, model_dir, tokenizer, tmp_path):
+    """``trust_region`` on Megatron: each TP rank mixes its vocabulary shard of the frozen (ref) model's logits
+    and the actor's inside the actor's log-prob pass; equals the formula with transformers' full-vocabulary
+    mix ``lerp(z_frozen, z_actor, tau)``, and the same at TP=1."""
+    configs, groups = stack
+    actor = load_model(model_dir)
+    frozen_weights = _scaled_weights(actor, 1.3)
+    (tmp_path / "frozen").mkdir()
+    save_file(frozen_weights, tmp_path / "frozen/model.safetensors")
+    actor.config.save_pretrained(tmp_path / "frozen")
+    frozen = load_model(model_dir)
+    frozen.load_state_dict(frozen_weights)
+
+    def mixed(prompt, response):
+        return torch.lerp(response_logits(frozen, prompt, response), response_logits(actor, prompt, response), RATE)
+
+    uids = np.array([f"tp2-trust-{group}" for group, *_ in SAMPLES], dtype=object)
+    trainer = _trainer(configs[2], groups[2], tokenizer, "trust_region")
+    expected = _expected_advantages(model_dir, tokenizer, trainer.credit, uids, mixed)
+    method = "compute_trust_region_log_prob"
+    results = {}
+    for tp in (2, 1):
+        trainer = _trainer(configs[tp], groups[tp], tokenizer, "trust_region")
+        groups[tp].load_teacher(str(tmp_path / "frozen"))
+        try:
+            run = _run_compute_advantage(trainer, groups[tp], (method,), prefix=f"tp{tp}-trust-")
+            results[tp], metrics, calls = run
+        finally:
+            groups[tp].load_teacher(str(model_dir))
+        assert len(calls[method]) == 1, "all 1+K variants of every sample in one worker call"
+        _assert_rows_close(results[tp], expected, metrics["credit/loss_scale"])
+        # Plain rows show the mixed teacher's drift from the actor: the frozen model took part.
         assert metrics["credit/teacher_sanity_gap"] > 1e-3
     for got, want in zip(results[2], results[1], strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
