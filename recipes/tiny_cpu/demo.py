@@ -4,6 +4,7 @@
     python recipes/tiny_cpu/demo.py --algo sdpo --steps 4 # SDPO (credit.contrast_coef=0)
     python recipes/tiny_cpu/demo.py --compare             # CREDIT, SDPO and GRPO side by side
     python recipes/tiny_cpu/demo.py -- trainer.total_training_steps=3   # extra Hydra overrides
+    python recipes/tiny_cpu/demo.py --megatron-tp 2       # actor and ref on verl's Megatron engine at TP=2
 
 Each run writes ``<run-dir>/<algo>/metrics.jsonl`` (verl's file logger records), ``command.txt`` and ``train.log``,
 and prints one line per step. Run again in the same ``--run-dir`` after a crash, verl resumes from the latest
@@ -70,6 +71,25 @@ def command(algo: str, run_dir: Path, model: Path, train: Path, val: Path, steps
         f"trainer.default_local_dir={run_dir / 'checkpoints'}",
         *ALGOS[algo],
         *extra,
+    ]
+
+
+def megatron_overrides(tensor_parallel: int, steps: int) -> list[str]:
+    """Overrides that move the actor and ref from FSDP to verl's Megatron engine, at ``tensor_parallel`` ranks
+    (one worker process each) on the CPU platform (needs credit_plugin's ``megatron-cpu`` extra)."""
+    from credit_plugin.dev.cpu.megatron import MEGATRON_CPU_OVERRIDES
+
+    return [
+        *MEGATRON_CPU_OVERRIDES,
+        "actor_rollout_ref.actor.strategy=megatron",
+        # the recipe's FSDP sections have no field in verl's Megatron actor and ref configs
+        "~actor_rollout_ref.actor.fsdp_config",
+        "~actor_rollout_ref.ref.fsdp_config",
+        f"actor_rollout_ref.actor.megatron.tensor_model_parallel_size={tensor_parallel}",
+        # megatron-core's LR scheduler asserts a positive number of decay steps
+        f"actor_rollout_ref.actor.optim.total_training_steps={steps}",
+        f"trainer.n_gpus_per_node={tensor_parallel}",
+        f"ray_kwargs.ray_init.num_gpus={tensor_parallel}",
     ]
 
 
@@ -181,11 +201,20 @@ def main() -> None:
     parser.add_argument(
         "--assets", type=Path, default=None, help="tiny model and data folder (default <run-dir>/assets)"
     )
+    parser.add_argument(
+        "--megatron-tp",
+        type=int,
+        default=0,
+        help="run the actor and ref on verl's Megatron engine at this tensor-parallel size (0: FSDP)",
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for main_ppo")
     args = parser.parse_args()
+    if args.megatron_tp < 0:
+        parser.error(f"--megatron-tp must be 0 (FSDP) or a tensor-parallel size, got {args.megatron_tp}")
     assets = prepare_assets(args.assets or args.run_dir / "assets", args.seed)
     algos = list(ALGOS) if args.compare else [args.algo]
-    paths = {algo: run(algo, args.run_dir, assets, args.steps, args.overrides) for algo in algos}
+    engine = megatron_overrides(args.megatron_tp, args.steps) if args.megatron_tp else []
+    paths = {algo: run(algo, args.run_dir, assets, args.steps, [*engine, *args.overrides]) for algo in algos}
     compare(paths)
 
 

@@ -52,6 +52,22 @@ with random.get_cuda_rng_tracker().fork():
 assert torch.equal(torch.get_rng_state(), before), "fork restores the host generator"
 with random.get_cuda_rng_tracker().fork():
     assert not torch.equal(torch.rand(3), forked), "the tracked state advances between forks"
+
+from megatron.core.optimizer import clip_grads, optimizer
+from verl.workers.engine.megatron import transformer_impl
+
+# Host memory is the device's: verl's model load/offload (which fail here) move nothing.
+transformer_impl.load_megatron_model_to_gpu([None], load_grad=False)
+transformer_impl.offload_megatron_model_to_cpu([None])
+torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+params = [torch.nn.Parameter(torch.zeros(4)) for _ in range(2)]
+params[0].grad, params[1].grad = torch.tensor([3.0, 0, 0, 0]), torch.tensor([0.0, 4, 0, 0])
+norm = clip_grads.get_grad_norm_fp32([p.grad for p in params], grad_stats_parallel_group=torch.distributed.group.WORLD)
+assert abs(norm - 5.0) < 1e-5, norm
+optimizer.clip_grad_by_total_norm_fp32(params, max_norm=10.0, total_norm=norm)
+assert torch.equal(params[0].grad, torch.tensor([3.0, 0, 0, 0])), "a norm below the limit leaves the grads"
+optimizer.clip_grad_by_total_norm_fp32(params, max_norm=1.0, total_norm=norm)
+torch.testing.assert_close(params[1].grad, torch.tensor([0.0, 0.8, 0, 0]))
 print("ok")
 """
 

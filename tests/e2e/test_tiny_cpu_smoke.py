@@ -12,19 +12,19 @@ which reloads the saved teacher and keeps the metrics history.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
+from demo_runs import run_demo
 from safetensors.torch import load_file
 
 # the first run builds the tiny model and data (minutes on a busy machine), beyond pytest.ini's 600 s
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
-REPO = Path(__file__).resolve().parents[2]
 STEPS, TAU = 2, 0.05
+_demo = partial(run_demo, steps=STEPS)
 
 
 # The rollout's size must divide verl's own old-log-prob batch (32 rows); the ref's 5 does not divide the
@@ -37,21 +37,6 @@ FIXED_MICRO_BATCHES = (
     "actor_rollout_ref.ref.log_prob_use_dynamic_bsz=false",
     "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=5",
 )
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory) -> Path:
-    """One tiny model and data set for every run of the module (built by the first run)."""
-    return tmp_path_factory.mktemp("tiny_cpu_assets")
-
-
-def _demo(root: Path, assets: Path, *overrides: str, steps: int = STEPS) -> list[dict]:
-    """Run the tiny CPU recipe for ``steps`` steps; returns the per-step metrics verl's file logger wrote."""
-    command = [sys.executable, str(REPO / "recipes/tiny_cpu/demo.py"), "--steps", str(steps), "--run-dir", str(root)]
-    command += ["--assets", str(assets)]
-    result = subprocess.run([*command, "--", *overrides], capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return [json.loads(line)["data"] for line in (root / "credit/metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")

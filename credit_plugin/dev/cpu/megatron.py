@@ -93,6 +93,8 @@ def enable() -> None:
         megatron_cuda_device_on_cpu,
         megatron_cuda_literals_on_cpu,
         megatron_fp32_on_cpu,
+        megatron_grad_clip_on_cpu,
+        megatron_no_offload_on_cpu,
         megatron_padded_mask_on_cpu,
         megatron_rng_on_cpu,
     )
@@ -103,6 +105,8 @@ def enable() -> None:
         megatron_rng_on_cpu,
         megatron_fp32_on_cpu,
         megatron_padded_mask_on_cpu,
+        megatron_no_offload_on_cpu,
+        megatron_grad_clip_on_cpu,
     ):
         patch.apply()
     register_engines()

@@ -1,10 +1,12 @@
 """Create megatron-core's ``device="cuda"`` literals on the host on the CPU platform.
 
 Why a patch: megatron-core 0.16.1 creates a few tensors on a hard-coded ``device="cuda"``: the causal masks of
-``megatron/core/transformer/utils.py``, the token counters of ``megatron/core/pipeline_parallel/schedules.py``
-and the loss-scale tensors of ``megatron/core/optimizer/optimizer.py`` (the ``FP32Optimizer`` that fp32 training
-uses). Those modules look ``torch`` up at call time; on a torch build without CUDA this patch gives each of them
-a view of ``torch`` whose tensor factories put a ``"cuda"`` device on the host, everything else being torch's own.
+``megatron/core/transformer/utils.py``, the token counters of ``megatron/core/pipeline_parallel/schedules.py``,
+the loss-scale tensors of ``megatron/core/optimizer/optimizer.py`` (the ``FP32Optimizer`` that fp32 training
+uses), the norm and zero-count accumulators of ``megatron/core/optimizer/clip_grads.py`` and the result of
+``megatron/core/utils.py``'s ``local_multi_tensor_l2_norm`` (the grad norm without apex or Transformer Engine).
+Those modules look ``torch`` up at call time; on a torch build without CUDA this patch gives each of them a view
+of ``torch`` whose tensor factories put a ``"cuda"`` device on the host, everything else being torch's own.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ MODULES = (
     "megatron.core.transformer.utils",
     "megatron.core.pipeline_parallel.schedules",
     "megatron.core.optimizer.optimizer",
+    "megatron.core.optimizer.clip_grads",
+    "megatron.core.utils",
 )
 FACTORIES = ("empty", "ones", "tensor", "zeros")
 

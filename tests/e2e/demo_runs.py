@@ -1,0 +1,22 @@
+"""The tiny CPU recipe's demo script as the end-to-end tests run it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "recipes/tiny_cpu/demo.py"
+
+
+def run_demo(root: Path, assets: Path, *overrides: str, steps: int, options: tuple[str, ...] = ()) -> list[dict]:
+    """Run the tiny CPU recipe (CREDIT) for ``steps`` steps; returns the per-step metrics verl's file logger wrote.
+
+    ``options`` go to the demo script (e.g. ``--megatron-tp 2``), ``overrides`` to ``main_ppo``.
+    """
+    command = [sys.executable, str(DEMO), "--steps", str(steps), "--run-dir", str(root), "--assets", str(assets)]
+    result = subprocess.run([*command, *options, "--", *overrides], capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return [json.loads(line)["data"] for line in (root / "credit/metrics.jsonl").read_text().splitlines()]
