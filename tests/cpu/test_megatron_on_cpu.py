@@ -4,13 +4,16 @@ and the CREDIT trainer's refusals of Megatron settings it cannot serve (the TP=2
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+import verl
 from hydra import compose, initialize_config_dir
 
 from credit_plugin.config import CONFIG_DIR
@@ -134,3 +137,16 @@ def _config(*overrides: str):
 def test_megatron_settings_the_teacher_pass_cannot_serve_fail_at_construction(overrides, message):
     with pytest.raises(ValueError, match=message):
         CreditTrainer(_config(*overrides))
+
+
+MEGATRON_MENDS = sorted(
+    module.name for module in pkgutil.iter_modules(patches.__path__) if module.name.startswith("megatron_")
+)
+
+
+@pytest.mark.parametrize("patch", MEGATRON_MENDS)
+def test_every_megatron_mend_refuses_other_verl_versions(monkeypatch, patch):
+    module = importlib.import_module(f"credit_plugin.dev.patches.{patch}")
+    monkeypatch.setattr(verl, "__version__", "0.10.0")
+    with pytest.raises(RuntimeError, match=rf"patch '{patch}' targets verl .*found verl 0\.10\.0"):
+        module.apply()
