@@ -88,3 +88,10 @@ def response_log_probs(
         log_probs[row, : len(response)] = label_log_probs(response_logits(model, context, response), response)
         mask[row, : len(response)] = 1
     return log_probs, mask
+
+
+@pytest.fixture(scope="session")
+def tiny_cpu_assets(tmp_path_factory) -> Path:
+    """The tiny CPU recipe's model and data folder, shared by every end-to-end run of the session (the first
+    run builds them)."""
+    return tmp_path_factory.mktemp("tiny_cpu_assets")

@@ -21,8 +21,8 @@ pytestmark = [
 STEPS = 2
 
 
-def test_two_credit_steps_train_a_megatron_actor_at_tp2(tmp_path, assets):
-    records = run_demo(tmp_path, assets, steps=STEPS, options=("--megatron-tp", "2"))
+def test_two_credit_steps_train_a_megatron_actor_at_tp2(tmp_path, tiny_cpu_assets):
+    records = run_demo(tmp_path, tiny_cpu_assets, steps=STEPS, options=("--megatron-tp", "2"))
     assert len(records) == STEPS
     for record in records:
         assert 0 < record["credit/teacher/context_fraction"] <= 1

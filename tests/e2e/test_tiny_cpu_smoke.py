@@ -40,11 +40,11 @@ FIXED_MICRO_BATCHES = (
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, assets) -> Path:
+def run_dir(tmp_path_factory, tiny_cpu_assets) -> Path:
     root = tmp_path_factory.mktemp("tiny_cpu_smoke")
     _demo(
         root,
-        assets,
+        tiny_cpu_assets,
         *FIXED_MICRO_BATCHES,
         "trainer.save_freq=1",
         "actor_rollout_ref.actor.checkpoint.save_contents=[model,extra,hf_model]",
@@ -71,9 +71,9 @@ def test_metrics_show_teacher_pass_baseline_and_update(run_dir):
         assert record["credit/teacher_ema_max_change"] > 0
 
 
-def test_actor_moved_and_teacher_followed_the_ema_rule(run_dir, assets):
+def test_actor_moved_and_teacher_followed_the_ema_rule(run_dir, tiny_cpu_assets):
     checkpoints = run_dir / "credit/checkpoints"
-    teacher = _weights(assets / "model/model.safetensors")
+    teacher = _weights(tiny_cpu_assets / "model/model.safetensors")
     initial = dict(teacher)
     for step in range(1, STEPS + 1):
         actor = _weights(checkpoints / f"global_step_{step}/actor/huggingface/model.safetensors")
@@ -91,19 +91,19 @@ def test_actor_moved_and_teacher_followed_the_ema_rule(run_dir, assets):
     ("teacher", "overrides"),
     [("trust_region", ["credit.teacher_update_rate=0.5"]), ("frozen", []), ("current", [])],
 )
-def test_every_teacher_runs_the_loop_with_fixed_micro_batch_sizes(tmp_path, assets, teacher, overrides):
-    records = _demo(tmp_path, assets, *FIXED_MICRO_BATCHES, f"credit.teacher={teacher}", *overrides)
+def test_every_teacher_runs_the_loop_with_fixed_micro_batch_sizes(tmp_path, tiny_cpu_assets, teacher, overrides):
+    records = _demo(tmp_path, tiny_cpu_assets, *FIXED_MICRO_BATCHES, f"credit.teacher={teacher}", *overrides)
     assert len(records) == STEPS
     assert all(record["actor/grad_norm"] > 0 and abs(record["credit/baseline_mean"]) > 0 for record in records)
     assert all(0 < record["credit/teacher/context_fraction"] <= 1 for record in records)
     assert not any("credit/teacher_ema_max_change" in record for record in records)
 
 
-def test_a_resumed_ema_run_keeps_its_history_and_continues_from_its_teacher(run_dir, assets):
+def test_a_resumed_ema_run_keeps_its_history_and_continues_from_its_teacher(run_dir, tiny_cpu_assets):
     """Resume the EMA run above (checkpoints every step) for a third step, with dynamic batch size."""
     records = _demo(
         run_dir,
-        assets,
+        tiny_cpu_assets,
         "trainer.save_freq=1",
         "actor_rollout_ref.actor.checkpoint.save_contents=[model,extra,hf_model]",
         f"credit.teacher_update_rate={TAU}",
