@@ -376,7 +376,8 @@ def bench_teacher_pass(tokenizer: PreTrainedTokenizerBase, sizes: Sizes) -> Rows
 
 
 def bench_megatron_teacher_pass(tokenizer: PreTrainedTokenizerBase, sizes: Sizes) -> Rows:
-    """CREDIT's teacher pass (ref engine, ``1 + K`` variants, one call) vs verl's ``compute_log_prob`` on the
+    """CREDIT's teacher pass (ref engine, ``1 + K`` variants, one call) and the same rows under the
+    ``trust_region`` teacher (each TP rank mixing its vocabulary shard) vs verl's ``compute_log_prob`` on the
     same rows, on the hybrid Megatron worker at TP=2."""
     from credit_plugin.teacher import fit_token_budget
 
@@ -384,6 +385,7 @@ def bench_megatron_teacher_pass(tokenizer: PreTrainedTokenizerBase, sizes: Sizes
     credit = teacher_batch(batch, sizes.negatives)
     data = fit_token_budget(credit.data, sizes.max_tokens)
     warm_up = rows_of(data, 0, 2)
+    trust_region_data = trust_region_input(data)
     with (
         tempfile.TemporaryDirectory() as directory,
         hybrid_worker(
@@ -392,8 +394,13 @@ def bench_megatron_teacher_pass(tokenizer: PreTrainedTokenizerBase, sizes: Sizes
     ):
         wg.compute_log_prob(warm_up)
         wg.compute_ref_log_prob(warm_up)
+        wg.compute_trust_region_log_prob(trust_region_input(warm_up))
         ms, outputs = interleaved_ms(
-            {"log_prob": lambda: wg.compute_log_prob(data), "teacher": lambda: wg.compute_ref_log_prob(data)},
+            {
+                "log_prob": lambda: wg.compute_log_prob(data),
+                "teacher": lambda: wg.compute_ref_log_prob(data),
+                "trust_region": lambda: wg.compute_trust_region_log_prob(trust_region_data),
+            },
             sizes.worker_repeats,
             warm_up=False,
         )
@@ -402,6 +409,13 @@ def bench_megatron_teacher_pass(tokenizer: PreTrainedTokenizerBase, sizes: Sizes
         baseline: entry(ms["log_prob"], ms["log_prob"], baseline, rows=credit.num_rows, tokens=tokens_of(credit)),
         f"credit_K{sizes.negatives}_teacher_pass_tp2": entry(
             ms["teacher"], ms["log_prob"], baseline, rows=credit.num_rows, worker=worker_metrics(outputs["teacher"])
+        ),
+        f"credit_K{sizes.negatives}_trust_region_tp2": entry(
+            ms["trust_region"],
+            ms["log_prob"],
+            baseline,
+            rows=credit.num_rows,
+            worker=worker_metrics(outputs["trust_region"]),
         ),
     }
 
