@@ -53,6 +53,8 @@ TRAINER_MODE = "credit"
 REF_TEACHERS = ("frozen", "ema", "trust_region")
 # Teachers computed from both engines of one hybrid worker.
 HYBRID_TEACHERS = ("ema", "trust_region")
+# Storage dtypes (verl's config spellings) in which the ``ema`` teacher's in-place step survives rounding.
+EMA_STORAGE_DTYPES = ("fp32", "float32", "fp64", "float64")
 
 
 def credit_options(config: DictConfig) -> CreditConfig:
@@ -120,16 +122,93 @@ def ref_in_actor(config: DictConfig) -> bool:
     return lora_rank > 0 or model.get("lora_adapter_path") is not None
 
 
+def check_megatron(config: DictConfig, credit: CreditConfig) -> None:
+    """Refuse Megatron settings the teacher pass cannot serve, naming the option.
+
+    Args:
+        config: the ``actor_rollout_ref`` section.
+    """
+    actor = config.actor.megatron
+    if actor.get("dynamic_context_parallel", False):
+        # verl's dynamic-CP scheduler refuses the distillation hook (trust_region) and spreads every batch over
+        # the DPxCP plane, where the teacher batch's row padding assumes plain data parallelism.
+        raise ValueError(
+            "trainer_mode=credit does not support actor_rollout_ref.actor.megatron.dynamic_context_parallel=true"
+        )
+    if actor.get("router_replay", {}).get("mode", "disabled") != "disabled":
+        # Replay feeds each sequence the routes recorded when it was generated; the teacher's reprompted
+        # sequences were never generated, so there are no routes to replay for them.
+        raise ValueError(
+            "trainer_mode=credit does not support actor_rollout_ref.actor.megatron.router_replay.mode="
+            f"{actor.router_replay.mode}: the teacher's reprompted sequences have no recorded routes; use disabled"
+        )
+    if credit.teacher == "trust_region":
+        if ref_in_actor(config):
+            raise ValueError(
+                "credit.teacher=trust_region with model_engine=megatron needs a ref engine as its frozen model; "
+                "with LoRA (the ref model lives in the actor) use the FSDP engines or credit.teacher=frozen"
+            )
+        check_trust_region_pipeline(actor)
+    if credit.teacher in HYBRID_TEACHERS:
+        check_same_layout(config.ref.megatron, actor, teacher=credit.teacher)
+
+
+def ema_storage_dtype(config: DictConfig) -> str:
+    """The dtype the ref engine keeps the ``ema`` teacher's weights in (the EMA is updated in place there).
+
+    Args:
+        config: the ``actor_rollout_ref`` section.
+    """
+    if config.ref.get("strategy", config.actor.get("strategy")) == "megatron":
+        return str(config.ref.megatron.get("dtype", "bfloat16"))
+    return str(config.ref.get("fsdp_config", {}).get("model_dtype", "fp32"))
+
+
+def check_start_up(config: DictConfig) -> CreditConfig:
+    """Every check of a CREDIT run that needs only its config (what ``CreditTrainer`` refuses before any worker
+    starts), so that a recipe can be checked as a GPU run would start it, without one.
+
+    Args:
+        config: the whole resolved ``main_ppo`` config.
+
+    Returns:
+        The ``credit:`` options the run acts on (:func:`credit_options`).
+    """
+    credit = credit_options(config)
+    section = config.actor_rollout_ref
+    if section.actor.get("strategy") == "megatron":
+        check_megatron(section, credit)
+    if credit.teacher == "ema":
+        dtype = ema_storage_dtype(section)
+        if dtype not in EMA_STORAGE_DTYPES:
+            # ema_update_ moves the ref engine's weights in place: in bf16 a step of tau * (actor - teacher) is lost
+            # to rounding, and the worker refuses it after the first actor update; refuse it before any step.
+            where = (
+                "actor_rollout_ref.ref.megatron.dtype (verl's Megatron engine holds bfloat16 or float16 only: use "
+                "credit.teacher=frozen, trust_region or current on Megatron)"
+                if section.actor.get("strategy") == "megatron"
+                else "actor_rollout_ref.ref.fsdp_config.model_dtype=fp32"
+            )
+            raise ValueError(
+                f"credit.teacher=ema needs the ref engine's weights in fp32 (an EMA step of "
+                f"credit.teacher_update_rate is lost to {dtype} rounding): set {where}"
+            )
+        if ref_in_actor(section):
+            raise ValueError(
+                "credit.teacher=ema with LoRA (the ref model lives in the actor) is not supported; "
+                "use credit.teacher=frozen, trust_region or current"
+            )
+    return credit
+
+
 @register_trainer(TRAINER_MODE)
 class CreditTrainer(PPOTrainerSync):
     """verl's ``PPOTrainerSync`` with CREDIT's teacher pass before the advantage estimator."""
 
     def __init__(self, config: DictConfig):
         assert_registered()
-        self.credit = credit_options(config)
+        self.credit = check_start_up(config)
         self.advantage_watch = AdvantageDriftWatch()
-        if config.actor_rollout_ref.actor.get("strategy") == "megatron":
-            self._check_megatron(config.actor_rollout_ref)
         super().__init__(config)
 
     # The base class reads ``trainer_mode`` from the config and compares it with "sync" in several places
@@ -145,29 +224,7 @@ class CreditTrainer(PPOTrainerSync):
 
     def _check_megatron(self, config: DictConfig) -> None:
         """Refuse Megatron settings the teacher pass cannot serve, naming the option."""
-        actor = config.actor.megatron
-        if actor.get("dynamic_context_parallel", False):
-            # verl's dynamic-CP scheduler refuses the distillation hook (trust_region) and spreads every batch over
-            # the DPxCP plane, where the teacher batch's row padding assumes plain data parallelism.
-            raise ValueError(
-                "trainer_mode=credit does not support actor_rollout_ref.actor.megatron.dynamic_context_parallel=true"
-            )
-        if actor.get("router_replay", {}).get("mode", "disabled") != "disabled":
-            # Replay feeds each sequence the routes recorded when it was generated; the teacher's reprompted
-            # sequences were never generated, so there are no routes to replay for them.
-            raise ValueError(
-                "trainer_mode=credit does not support actor_rollout_ref.actor.megatron.router_replay.mode="
-                f"{actor.router_replay.mode}: the teacher's reprompted sequences have no recorded routes; use disabled"
-            )
-        if self.credit.teacher == "trust_region":
-            if ref_in_actor(config):
-                raise ValueError(
-                    "credit.teacher=trust_region with model_engine=megatron needs a ref engine as its frozen model; "
-                    "with LoRA (the ref model lives in the actor) use the FSDP engines or credit.teacher=frozen"
-                )
-            check_trust_region_pipeline(actor)
-        if self.credit.teacher in HYBRID_TEACHERS:
-            check_same_layout(config.ref.megatron, actor, teacher=self.credit.teacher)
+        check_megatron(config, self.credit)
 
     # ------------------------------------------------------------------ workers
 
@@ -177,18 +234,6 @@ class CreditTrainer(PPOTrainerSync):
         roles = [role for role in (Role.ActorRolloutRef, Role.ActorRollout, Role.Actor) if role in self.mapping]
         role = roles[0]
         teacher = self.credit.teacher
-        ref_dtype = self.config.actor_rollout_ref.ref.get("fsdp_config", {}).get("model_dtype", "fp32")
-        if teacher == "ema" and str(ref_dtype) not in ("fp32", "float32", "fp64", "float64"):
-            raise ValueError(
-                f"credit.teacher=ema needs the ref engine's weights in fp32 (an EMA step of "
-                f"credit.teacher_update_rate is lost to {ref_dtype} rounding): set "
-                "actor_rollout_ref.ref.fsdp_config.model_dtype=fp32"
-            )
-        if teacher == "ema" and self._ref_in_actor():
-            raise ValueError(
-                "credit.teacher=ema with LoRA (the ref model lives in the actor) is not supported; "
-                "use credit.teacher=frozen, trust_region or current"
-            )
         if teacher in HYBRID_TEACHERS and role == Role.Actor:
             raise ValueError(f"credit.teacher={teacher} needs the actor and ref engines in one worker (hybrid engine)")
         if (

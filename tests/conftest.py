@@ -95,3 +95,21 @@ def tiny_cpu_assets(tmp_path_factory) -> Path:
     """The tiny CPU recipe's model and data folder, shared by every end-to-end run of the session (the first
     run builds them)."""
     return tmp_path_factory.mktemp("tiny_cpu_assets")
+
+
+# ------------------------------------------------------------------ test tiers
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Keep the tiers honest: a test that starts Ray (``ray``) or runs ``main_ppo`` (``e2e``) must also be marked
+    ``slow`` in its file, so ``make test`` (``-m "not slow"``) never starts one by omission."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if item.get_closest_marker("slow") is None
+        and (item.get_closest_marker("ray") is not None or item.get_closest_marker("e2e") is not None)
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            f"tests marked ray or e2e without @pytest.mark.slow (add it to the file's pytestmark): {unmarked[:5]}"
+        )

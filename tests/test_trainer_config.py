@@ -19,7 +19,13 @@ from verl.workers.utils.losses import ppo_loss
 
 from credit_plugin.config import CONFIG_DIR, CreditConfig
 from credit_plugin.teacher import build_teacher_batch
-from credit_plugin.trainer import CreditTrainer, check_one_output_per_session, context_loss_scale, credit_options
+from credit_plugin.trainer import (
+    CreditTrainer,
+    check_one_output_per_session,
+    check_start_up,
+    context_loss_scale,
+    credit_options,
+)
 from credit_plugin.workers import CreditActorRolloutRefWorker
 
 # The upstream method CreditTrainer._compute_advantage mirrors (kept in the fast suite: no Ray needed).
@@ -54,7 +60,8 @@ def test_unsupported_settings_fail_at_construction(overrides, error, message):
 def _worker_mapping(*overrides: str) -> CreditTrainer:
     trainer = CreditTrainer.__new__(CreditTrainer)
     trainer.config = _config(*overrides)
-    trainer.credit = CreditConfig.from_dict(trainer.config.credit)
+    # as CreditTrainer.__init__: the config-only start-up checks, then verl's worker mapping
+    trainer.credit = check_start_up(trainer.config)
     trainer._init_resource_pool_mgr()
     return trainer
 
@@ -229,6 +236,18 @@ def test_ema_teacher_with_bf16_ref_storage_is_refused_at_start():
     with pytest.raises(ValueError, match="credit.teacher=ema needs the ref engine's weights in fp32"):
         _worker_mapping("credit.teacher=ema", "actor_rollout_ref.ref.fsdp_config.model_dtype=bf16")
     _worker_mapping("credit.teacher=frozen", "actor_rollout_ref.ref.fsdp_config.model_dtype=bf16")
+
+
+def test_ema_teacher_on_a_bf16_megatron_ref_is_refused_before_any_step():
+    # verl's McoreEngineConfig holds bfloat16/float16 only, and ema_update_ refuses both after the first update
+    with pytest.raises(ValueError, match=r"ema needs the ref engine's weights in fp32 .* bfloat16 rounding.*megatron"):
+        check_start_up(_config("model_engine=megatron", "credit.teacher=ema"))
+    for teacher in ("frozen", "trust_region", "current"):
+        assert check_start_up(_config("model_engine=megatron", f"credit.teacher={teacher}")).teacher == teacher
+    # the CPU development path keeps the Megatron ref in float32 (credit_plugin.dev.cpu.megatron)
+    check_start_up(
+        _config("model_engine=megatron", "credit.teacher=ema", "actor_rollout_ref.ref.megatron.dtype=float32")
+    )
 
 
 def test_agent_loops_with_several_outputs_per_session_are_refused():

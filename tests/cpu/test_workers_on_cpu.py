@@ -19,7 +19,7 @@ from credit_plugin.dev.cpu.workers import (
     ray_init_kwargs,
 )
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 WORLD_SIZES = (1, 2)
 TEXTS = [

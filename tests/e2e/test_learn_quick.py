@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 # its first run builds the tiny model, then two main_ppo runs: over pytest.ini's 600 s on a busy machine
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[2]
 

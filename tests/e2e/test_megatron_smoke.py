@@ -13,6 +13,7 @@ from demo_runs import run_demo
 from credit_plugin.dev.cpu import megatron
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.e2e,
     pytest.mark.timeout(1800),
     pytest.mark.skipif(not megatron.available(), reason="needs credit_plugin[megatron-cpu]"),

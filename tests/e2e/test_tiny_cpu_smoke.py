@@ -21,7 +21,7 @@ from demo_runs import run_demo
 from safetensors.torch import load_file
 
 # the first run builds the tiny model and data (minutes on a busy machine), beyond pytest.ini's 600 s
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 STEPS, TAU = 2, 0.05
 _demo = partial(run_demo, steps=STEPS)

@@ -28,7 +28,7 @@ from credit_plugin.negatives import negatives_generator, sample_negatives
 from credit_plugin.trainer import CreditTrainer
 from credit_plugin.workers import CreditActorRolloutRefWorker
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 STEP, SEED, K = 3, 11, 2
 TAU = 0.3  # trust-region mix, far from both ends so that a wrong mix shows

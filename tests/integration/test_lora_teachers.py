@@ -22,7 +22,7 @@ from credit_plugin.dev.cpu.workers import (
 )
 from credit_plugin.workers import CreditActorRolloutRefWorker
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 TAU = 0.4
 RANK = 4

@@ -25,6 +25,7 @@ from credit_plugin.dev.cpu.workers import (
 from credit_plugin.workers import CreditActorRolloutRefWorker
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.ray,
     pytest.mark.skipif(not megatron.available(), reason="needs credit_plugin[megatron-cpu]"),
 ]

@@ -17,7 +17,7 @@ from credit_plugin.dev.rollout import ROLLOUT_NAME
 from credit_plugin.dev.rollout.adapter import HFCPURolloutAdapter
 from credit_plugin.dev.rollout.replica import HFCPUReplica
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 PROMPT_LENGTH = 32
 RESPONSE_LENGTH = 16
