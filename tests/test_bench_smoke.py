@@ -8,6 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# runs bench/run.py --quick in a fresh process (about 40 s on 2 cores)
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 K = 4  # the bench's number of negatives, in quick mode too
 EXPECTED = {

@@ -22,6 +22,7 @@ print("DEV", dev)
 """
 
 
+@pytest.mark.slow  # a fresh process importing verl (about 15 s)
 def test_import_verl_without_dev_settings_loads_no_dev_module(tmp_path):
     env = {key: value for key, value in os.environ.items() if key not in ("VERL_PLATFORM", "VERL_USE_EXTERNAL_MODULES")}
     result = subprocess.run(

@@ -276,6 +276,7 @@ def test_colocated_reward_model_inputs_score_zero_with_the_reason(reward_worker)
     assert "colocated reward-model path" in info["feedback"]
 
 
+@pytest.mark.slow  # a fresh process importing verl (about 40 s)
 def test_registration_survives_verls_own_plugin_import_order():
     """verl imports plugins half-way through ``import verl``; importing the manager there must work."""
     code = (

@@ -353,6 +353,7 @@ def emulate_worker(model, data, dp_size: int, max_token_len: int):
     return BatchData(outputs).concat()["log_probs"]
 
 
+@pytest.mark.slow  # the tiny model through verl's dispatch (about 25 s)
 def test_round_trip_through_verl_dispatch_matches_direct_scoring(tokenizer, tiny_model):
     uids = ["a", "a", "b", "c"]
     texts = ["It is 3.", "Maybe 12, since 3 times 4 is 12.", "No idea.", "The answer: 20"]
@@ -390,6 +391,7 @@ def test_round_trip_through_verl_dispatch_matches_direct_scoring(tokenizer, tiny
         split_teacher_log_probs(reordered, batch)
 
 
+@pytest.mark.slow  # the tiny model (about 18 s)
 def test_student_contrast_rows_are_the_negatives_rollout_prompts_and_read_back_per_sample(tokenizer, tiny_model):
     uids = ["a", "a", "b", "c"]
     kwargs = make_batch(tokenizer, uids, [1.0, 0.0, 0.0, 0.0], ["", "f", "g", ""], config=CreditConfig(num_negatives=2))

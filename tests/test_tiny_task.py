@@ -72,6 +72,7 @@ def parquet_files(tmp_path_factory):
     return write_parquet(tmp_path_factory.mktemp("tiny_data"), n_train=24, n_val=8, seed=0)
 
 
+@pytest.mark.slow  # about 70 s on 2 cores (verl's RLHFDataset over the parquet)
 def test_rows_load_through_verl_rlhf_dataset(parquet_files, tokenizer, tmp_path):
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
@@ -188,6 +189,7 @@ def tiny_model_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny_model"), seed=0)
 
 
+@pytest.mark.slow  # builds the demo model (minutes: pre-training)
 def test_built_model_loads_and_samples_both_successes_and_failures(tiny_model_dir):
     saved = transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
@@ -203,6 +205,7 @@ def test_built_model_loads_and_samples_both_successes_and_failures(tiny_model_di
     assert 0.01 <= rate <= 0.9, f"success rate {rate:.2f} at temperature 1 leaves RL nothing to learn"
 
 
+@pytest.mark.slow  # fits the task tokenizer (about 8 s)
 def test_task_tokenizer_round_trips_any_text_and_keeps_task_text_short():
     tokenizer = build_task_tokenizer(0)
     assert len(tokenizer) == VOCAB_SIZE and tokenizer.pad_token == "<|endoftext|>"
@@ -224,6 +227,7 @@ def test_pretraining_answers_are_right_or_the_one_typical_mistake(tokenizer):
     assert typical_mistake(Problem("reverse", "a b c")) == "a b c"
 
 
+@pytest.mark.slow  # the built demo model (minutes)
 def test_teacher_context_with_feedback_raises_the_correct_answer(tiny_model_dir):
     """On reversal (rarely solved) the verifier's feedback in CREDIT's reprompt makes the answer more likely."""
     tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -250,6 +254,7 @@ def test_teacher_context_with_feedback_raises_the_correct_answer(tiny_model_dir)
     assert sum(gains) / len(gains) > 0.5
 
 
+@pytest.mark.slow  # the built demo model (minutes)
 def test_verl_model_config_loads_the_built_model(tiny_model_dir):
     from verl.workers.config import HFModelConfig
 
@@ -259,6 +264,7 @@ def test_verl_model_config_loads_the_built_model(tiny_model_dir):
     assert config.generation_config.eos_token_id == config.tokenizer.eos_token_id
 
 
+@pytest.mark.slow  # builds models (about 14 s)
 def test_build_is_deterministic_cached_by_stamp_and_rebuilt_on_change(tmp_path):
     spec = TinyModelSpec(pretrain_steps=3, batch_size=4, warmup_steps=1)
     first, second = build_tiny_model(tmp_path / "a", seed=7, spec=spec), build_tiny_model(tmp_path / "b", 7, spec)

@@ -137,6 +137,7 @@ def _fresh_python(code: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # fresh processes importing verl (about 60 s)
 def test_stock_verl_loads_the_plugin_through_its_entry_point():
     code = (
         "import verl\n"

@@ -75,6 +75,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow  # a fresh process with megatron-core (about 15 s)
 def test_fresh_cpu_process_runs_the_megatron_mends(tmp_path):
     env = {**os.environ, "VERL_PLATFORM": "cpu", "VERL_USE_EXTERNAL_MODULES": "credit_plugin"}
     result = subprocess.run(

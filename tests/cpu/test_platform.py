@@ -120,6 +120,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow  # a fresh process with verl and gloo (about 14 s)
 def test_fresh_process_selects_cpu_registers_engines_and_starts_gloo(tmp_path):
     """What a Ray worker sees: ``import verl`` alone (the plugin comes in through the environment) is enough."""
     env = {

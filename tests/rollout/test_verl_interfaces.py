@@ -13,6 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import verl
 from verl.workers.config import RolloutConfig
 from verl.workers.rollout.base import BaseRollout, get_rollout_class
@@ -175,6 +176,7 @@ def test_register_fills_both_registries_idempotently():
     assert get_rollout_replica_class(ROLLOUT_NAME) is HFCPUReplica
 
 
+@pytest.mark.slow  # a fresh process importing verl (about 13 s)
 def test_external_module_env_var_registers_in_a_fresh_process():
     probe = (
         "import verl\n"
