@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import os
 
+# re-exported (credit_plugin.assert_registered); defined apart so that the trainer, which registration imports,
+# can call it without importing this module back
+from credit_plugin.registry import assert_registered  # noqa: F401
+
 # The development CPU platform: selected only explicitly, with VERL_PLATFORM=cpu (credit_plugin.dev.cpu).
 CPU_PLATFORM = "cpu"
 # The development rollout backend (credit_plugin.dev.rollout), selected with actor_rollout_ref.rollout.name=hf_cpu.
@@ -54,27 +58,3 @@ def register() -> None:
 
     register_hf_cpu_rollout()
     compute_advantage_batch_inputs.apply()
-
-
-def assert_registered() -> None:
-    """Raise a clear error if the plugin's registrations are missing from this process."""
-    from verl.trainer.ppo import core_algos, ray_trainer
-
-    from credit_plugin.estimators import ESTIMATORS
-    from credit_plugin.patches import compute_advantage_batch_inputs
-    from credit_plugin.trainer import TRAINER_MODE
-
-    missing = [name for name in ESTIMATORS if name not in core_algos.ADV_ESTIMATOR_REGISTRY]
-    if missing:
-        raise RuntimeError(
-            f"credit_plugin did not register advantage estimators {missing} in this process; "
-            f"set VERL_USE_EXTERNAL_MODULES=credit_plugin to see the import error"
-        )
-    from verl.trainer.ppo.v1 import get_trainer_cls
-
-    try:
-        get_trainer_cls(TRAINER_MODE)
-    except (KeyError, ValueError) as error:
-        raise RuntimeError(f"credit_plugin did not register trainer_mode {TRAINER_MODE!r} in this process") from error
-    if getattr(ray_trainer.compute_advantage, "credit_patch", None) != compute_advantage_batch_inputs.NAME:
-        raise RuntimeError(f"credit_plugin patch {compute_advantage_batch_inputs.NAME!r} is not applied")

@@ -35,7 +35,7 @@ from verl.workers.utils.padding import response_to_nested
 from credit_plugin.config import CreditConfig
 from credit_plugin.diagnostics import AdvantageDriftWatch, token_advantage_stats
 from credit_plugin.estimators import ESTIMATORS, SDPO, TEACHER_BATCH_KEYS
-from credit_plugin.registration import assert_registered
+from credit_plugin.registry import TRAINER_MODE, assert_registered
 from credit_plugin.rewards import contrastive_baseline, sdpo_token_rewards
 from credit_plugin.teacher_scoring import TeacherScorer
 from credit_plugin.workers import (
@@ -47,8 +47,6 @@ from credit_plugin.workers import (
 
 logger = logging.getLogger(__name__)
 
-# ``trainer.v1.trainer_mode`` of this trainer.
-TRAINER_MODE = "credit"
 # Teachers that need the frozen (ref) model next to the actor; ``current`` is the actor itself.
 REF_TEACHERS = ("frozen", "ema", "trust_region")
 # Teachers computed from both engines of one hybrid worker.

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 import transformers
 
-from credit_plugin.config import DEFAULT_FEEDBACK_TEMPLATE, DEFAULT_REPROMPT_TEMPLATE, DEFAULT_SOLUTION_TEMPLATE
-from credit_plugin.dev.tiny.task import DATA_SOURCE, KINDS, Problem, compute_score, sample_problem
+from credit_plugin.dev.tiny.reprompt import reprompt_text
+from credit_plugin.dev.tiny.task import KINDS, Problem, sample_problem
 from credit_plugin.dev.tiny.tokenizer import build_task_tokenizer
 
 STAMP_FILE = "tiny_model_stamp.json"
@@ -119,28 +119,6 @@ def typical_mistake(problem: Problem) -> str:
     a, op1, b, op2, c = items
     apply = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y}
     return str(apply[op2](apply[op1](int(a), int(b)), int(c)))
-
-
-def _wrong_answer(problem: Problem, rng: random.Random) -> str:
-    if problem.kind == "arithmetic":
-        return str(int(problem.answer) + rng.choice((-3, -2, -1, 1, 2, 3)))
-    items = problem.answer.split()
-    rng.shuffle(items)
-    return " ".join(items[:-1] if rng.random() < 0.3 else items)
-
-
-def reprompt_text(problem: Problem, rng: random.Random) -> str:
-    """CREDIT's default reprompt of ``problem`` with a sibling's correct answer or the feedback on a wrong one."""
-    solution = feedback = ""
-    if rng.random() < 0.5:
-        solution = DEFAULT_SOLUTION_TEMPLATE.format(successful_previous_attempt=f"Answer: {problem.answer}")
-    else:
-        extra_info = {"kind": problem.kind, "question": problem.question}
-        result = compute_score(DATA_SOURCE, f"Answer: {_wrong_answer(problem, rng)}", problem.answer, extra_info)
-        # A shuffle can leave the items in order; that attempt is then a success, not a feedback example.
-        if result["feedback"]:
-            feedback = DEFAULT_FEEDBACK_TEMPLATE.format(feedback_raw=result["feedback"])
-    return DEFAULT_REPROMPT_TEMPLATE.format(prompt=problem.prompt, solution=solution, feedback=feedback)
 
 
 def training_sequences(

@@ -20,7 +20,8 @@ from pathlib import Path
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from credit_plugin.dev.tiny.task import KINDS
+from credit_plugin.dev.tiny.reprompt import reprompt_text
+from credit_plugin.dev.tiny.task import KINDS, sample_problem
 
 # A multiple of 64 keeps the embedding shardable by any tensor-parallel size the tests use.
 VOCAB_SIZE = 512
@@ -37,9 +38,6 @@ CORPUS_PROBLEMS = 4000
 
 def _corpus(seed: int, kinds: tuple[str, ...]) -> Iterator[str]:
     """Task text as the model sees it: chat-rendered prompts, SDPO reprompts with feedback, answers."""
-    from credit_plugin.dev.tiny.model import reprompt_text
-    from credit_plugin.dev.tiny.task import sample_problem
-
     rng = random.Random(seed)
     for _ in range(CORPUS_PROBLEMS):
         problem = sample_problem(rng, kinds)
