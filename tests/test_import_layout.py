@@ -56,3 +56,46 @@ def test_the_math_and_the_scorers_import_without_verl(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "LOADED []", result.stdout[-2000:]
+
+
+def _imports(path, package_root) -> set[str]:
+    """The ``credit_plugin`` modules a file imports anywhere in it (function-level imports included)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in names if name.split(".")[0] == package_root}
+
+
+def test_the_package_has_no_import_circle():
+    """No module of credit_plugin imports, directly or through others, a module that imports it back (the package
+    ``__init__`` files, which re-export, aside)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "credit_plugin"
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        if parts[-1] != "__init__":
+            modules[".".join(parts)] = path
+    graph = {
+        name: {m for m in _imports(path, "credit_plugin") if m in modules and m != name}
+        for name, path in modules.items()
+    }
+
+    def reaches(start: str) -> set[str]:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            name = todo.pop()
+            if name not in seen:
+                seen.add(name)
+                todo.extend(graph[name])
+        return seen
+
+    circles = sorted(name for name in graph if name in reaches(name))
+    assert circles == [], f"modules on an import circle: {circles}"
