@@ -99,8 +99,9 @@ class RunOutcome:
 
     Attributes:
         status: ``ok`` (exit 0), ``error`` (non-zero exit, traceback in ``stderr``), ``timeout`` (wall or
-            CPU time limit), ``output_limit`` (stdout or stderr reached ``max_output_bytes``) or ``signal``
-            (killed by another signal, e.g. a crash).
+            CPU time limit), ``output_limit`` (stdout or stderr reached ``max_output_bytes``), ``signal``
+            (killed by another signal, e.g. a crash) or ``bad_value`` (a call returned a value that cannot be
+            read back: an int over Python's int-conversion limit, nesting past the JSON decoder's).
         stdout, stderr: decoded output, at most ``max_output_bytes`` each (``stderr``: its tail).
         returncode: the exit code, negative for a signal (as ``subprocess``).
         value: for a function call that returned, its return value after a JSON round trip; else None.
@@ -280,7 +281,8 @@ def _outcome(header: Any, payload: bytes, sizes: list[int]) -> RunOutcome:
     try:
         value = json.loads(value_text)
     except (ValueError, RecursionError):
-        return RunOutcome("error", stdout, stderr + "\nthe return value could not be read back", returncode)
+        # E.g. an int past Python's int-conversion limit, or nesting past the decoder's: a wrong answer.
+        return RunOutcome("bad_value", stdout, stderr, returncode, returned=True)
     return RunOutcome("ok", stdout, stderr, returncode, value=value, returned=True)
 
 
