@@ -47,6 +47,8 @@ RUNNER_SOURCE = Path(__file__).with_name("sandbox_child.py").read_text(encoding=
 NOBODY = 65534
 # Time for starting the sandbox and the runner, on top of the tests' own time budget.
 START_SLACK_S = 10.0
+# The compile time-out sent to SandboxFusion (the runner compiles nothing itself; the service wants one).
+SANDBOX_FUSION_COMPILE_TIMEOUT_S = 10
 # Every test's stdout and stderr must fit in the private /tmp at once, plus the program's own files.
 TMP_EXTRA_BYTES = 64 * 1024 * 1024
 # The runner reports at most this tail of stderr per test, and header lines of at most HEADER_BYTES.
@@ -412,7 +414,7 @@ def _run_sandbox_fusion(spec: dict, limits: SandboxLimits, timeout_s: float, url
         sandbox_fusion_url=url,
         code=RUNNER_SOURCE,
         stdin=json.dumps(spec),
-        compile_timeout=10,
+        compile_timeout=SANDBOX_FUSION_COMPILE_TIMEOUT_S,
         run_timeout=int(timeout_s) + 1,
         memory_limit_mb=int(limits.memory_limit_mb) * (limits.max_processes + 1),
     )
@@ -427,6 +429,25 @@ def _run_sandbox_fusion(spec: dict, limits: SandboxLimits, timeout_s: float, url
     # The frames are ASCII (JSON headers, base64); anything else is the sandbox's tampering.
     report = stdout[:cap].encode("ascii", errors="replace")
     return parse_report(io.BytesIO(report), num_tests, fsize, "base64")
+
+
+def worst_case_seconds(sandbox: str, total_timeout_s: float) -> float:
+    """The longest one response's :func:`run_tests` can take before the backend itself gives up.
+
+    ``bwrap`` and ``unsafe_local``: the tests' budget plus START_SLACK_S, after which the runner's process
+    group is killed. ``sandbox_fusion``: verl's client retries a gateway time-out (504) up to its
+    ``MAX_RETRIES`` times, each request waiting up to compile + run + its ``API_TIMEOUT`` seconds, with a
+    growing pause between tries (read from the installed verl). A reward call with a shorter time-out
+    would be abandoned while the backend still works.
+    """
+    own = total_timeout_s + START_SLACK_S
+    if sandbox != "sandbox_fusion":
+        return own
+    from verl.utils.reward_score.sandbox_fusion import utils
+
+    request = SANDBOX_FUSION_COMPILE_TIMEOUT_S + int(own) + 1 + utils.API_TIMEOUT
+    pauses = sum(utils.INITIAL_RETRY_DELAY * (attempt + 1) for attempt in range(utils.MAX_RETRIES - 1))
+    return float(utils.MAX_RETRIES * request + pauses)
 
 
 _probed: dict[str, str | None] = {}
