@@ -205,6 +205,28 @@ def test_memory_that_rlimit_as_does_not_count_is_refused_or_capped():
     assert body.rsplit(" ", 1)[1] in ("shm:27", "shm:28"), result.feedback
 
 
+def test_forked_memory_stays_within_the_documented_per_process_bound():
+    """Without a cgroup, a test holds at most max_processes x memory_limit_mb: forks past the count fail."""
+    forker = """
+        import os, time
+        held = 0
+        for _ in range(8):
+            try:
+                pid = os.fork()
+            except OSError:
+                break
+            if pid == 0:
+                block = bytearray(35 << 20)
+                time.sleep(2)
+                os._exit(0)
+            held += 1
+        print(held)
+    """
+    result = score_code(fenced(forker), {"inputs": [""], "outputs": ["x"]}, max_processes=3, memory_limit_mb=64)
+    (body,) = quoted_bodies(result.feedback)
+    assert 0 < int(body) <= 3, result.feedback
+
+
 def test_seccomp_program_denies_only_its_table():
     program = sandbox.seccomp_filter()
     if os.uname().machine not in ("x86_64", "aarch64"):
