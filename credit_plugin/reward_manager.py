@@ -65,6 +65,8 @@ EXTRA_FIELDS = "extra_fields"
 FEEDBACK_FIELDS = (EXTRA_FIELDS, FEEDBACK_KEY)
 MANAGER_OPTIONS = {"max_parallel": 8, "score_timeout_s": 120.0}
 FAILURE_KEYS = ("reward_error", "reward_timeout")
+# Why a sample could not be scored ("" when it was): kept out of ``feedback``, which only the scorer writes.
+REASON_KEY = "reward_error_reason"
 
 
 def _is_verl_default(compute_score: Any) -> bool:
@@ -142,6 +144,23 @@ def feedback_of(fields: Any, size: int) -> list[str | None]:
     return feedback
 
 
+def reward_failed_of(fields: Any, size: int) -> list[bool]:
+    """Per sample of a batch of ``size`` (as :func:`feedback_of` reads it): whether its scoring failed.
+
+    Such a sample gets no teacher context (its ``self_distillation_mask`` is 0): its score is the reward
+    path's failure, not a verdict on the response, so neither a feedback line nor a sibling's
+    demonstration says anything about what it did wrong.
+    """
+    if "reward_error" in fields.keys():
+        return [bool(value) for value in list(fields["reward_error"])]
+    failed = [False] * size
+    if EXTRA_FIELDS in fields.keys():
+        for index, extra in enumerate(list(fields[EXTRA_FIELDS])):
+            info = (extra or {}).get(EXTRA_INFO_KEY) or {}
+            failed[index] = bool(info.get("reward_error") or 0.0)
+    return failed
+
+
 def reward_failure_metrics(extra_fields: Iterable[Any]) -> dict[str, float]:
     """``credit/reward/errors`` and ``credit/reward/timeouts``: failed samples of a step.
 
@@ -156,6 +175,15 @@ def reward_failure_metrics(extra_fields: Iterable[Any]) -> dict[str, float]:
             errors += float(info.get("reward_error") or 0.0)
             timeouts += float(info.get("reward_timeout") or 0.0)
     return {"credit/reward/errors": errors, "credit/reward/timeouts": timeouts}
+
+
+def _release_when_done(slots: asyncio.Semaphore) -> Callable[[asyncio.Future], None]:
+    def release(future: asyncio.Future) -> None:
+        slots.release()
+        if not future.cancelled():
+            future.exception()  # retrieved: a call that ended after its time-out logs no "never retrieved"
+
+    return release
 
 
 class _SampleError(Exception):
@@ -183,7 +211,9 @@ class CreditRewardManager(RewardManagerBase):
             self.compute_score = scorers.compute_score
             self.score_options = options
             scorers.check_options(self.score_options, where="reward.reward_kwargs")
-            scorers.check_option_values(self.score_options, data_sources=dataset_data_sources(config))
+            data_sources = dataset_data_sources(config)
+            scorers.check_option_values(self.score_options, data_sources=data_sources)
+            scorers.check_score_timeout(self.score_timeout_s, self.score_options, data_sources)
         else:
             self.score_options = {}
         self.is_async_reward_score = inspect.iscoroutinefunction(self.compute_score)
@@ -224,23 +254,44 @@ class CreditRewardManager(RewardManagerBase):
         return fields["data_source"], reward_model["ground_truth"], extra_info
 
     async def _call(self, call: Callable[[], Any]) -> Any:
-        """Run one scorer call, at most ``max_parallel`` at once; the time limit starts when it gets a slot."""
+        """Run one scorer call, at most ``max_parallel`` at once; ``score_timeout_s`` counts from its start.
+
+        A call's slot is held until its thread ends, also past a time-out (a thread cannot be stopped): so
+        a call never waits in the pool's queue behind a timed-out one while its own time runs, and every
+        call that gets a slot starts at once on a free thread.
+        """
         loop = asyncio.get_running_loop()
         slots = self._slots.setdefault(loop, asyncio.Semaphore(self.max_parallel))
-        async with slots:
-            if self.is_async_reward_score:
+        if self.is_async_reward_score:
+            async with slots:
                 return await asyncio.wait_for(call(), self.score_timeout_s)
-            future = loop.run_in_executor(self._pool, call)
-            return await asyncio.wait_for(future, self.score_timeout_s)
+        await slots.acquire()
+        started = loop.create_future()
+
+        def run() -> Any:
+            loop.call_soon_threadsafe(lambda: started.done() or started.set_result(None))
+            return call()
+
+        try:
+            future = loop.run_in_executor(self._pool, run)
+        except BaseException:
+            slots.release()
+            raise
+        future.add_done_callback(_release_when_done(slots))
+        await started
+        # shield: a time-out must not cancel the future (that would run the callback and free the slot early).
+        return await asyncio.wait_for(asyncio.shield(future), self.score_timeout_s)
 
     @staticmethod
-    def _failed(feedback: str, *, timeout: bool) -> dict:
+    def _failed(reason: str, *, timeout: bool) -> dict:
+        # No feedback: the reason is about the reward path, not the response, and must not reach the teacher.
         info = {
             "score": 0.0,
             "acc": False,
-            FEEDBACK_KEY: feedback,
+            FEEDBACK_KEY: "",
             "reward_error": 1.0,
             "reward_timeout": float(timeout),
+            REASON_KEY: reason,
         }
         return {"reward_score": 0.0, EXTRA_INFO_KEY: info}
 
@@ -249,7 +300,8 @@ class CreditRewardManager(RewardManagerBase):
 
         Returns:
             ``{"reward_score": float, "reward_extra_info": {"score", "acc", "feedback", "reward_error",
-            "reward_timeout", ...}}``; a sample that fails scores 0 (see the module docstring).
+            "reward_timeout", "reward_error_reason", ...}}``; a sample that fails scores 0 with empty
+            feedback and the reason in ``reward_error_reason`` (and gets no teacher context).
         """
         item = data[len(data) - 1]
         try:
@@ -297,6 +349,7 @@ class CreditRewardManager(RewardManagerBase):
         feedback = reward_extra_info.get(FEEDBACK_KEY)
         reward_extra_info[FEEDBACK_KEY] = "" if feedback is None else str(feedback)
         reward_extra_info.update({key: 0.0 for key in FAILURE_KEYS})
+        reward_extra_info[REASON_KEY] = ""
         return score, reward_extra_info
 
 

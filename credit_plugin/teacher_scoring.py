@@ -31,7 +31,13 @@ from verl.utils import tensordict_utils as tu
 
 from credit_plugin.config import CreditConfig
 from credit_plugin.negatives import negatives_generator
-from credit_plugin.reward_manager import EXTRA_FIELDS, FEEDBACK_FIELDS, feedback_of, reward_failure_metrics
+from credit_plugin.reward_manager import (
+    EXTRA_FIELDS,
+    FEEDBACK_FIELDS,
+    feedback_of,
+    reward_failed_of,
+    reward_failure_metrics,
+)
 from credit_plugin.teacher import (
     TeacherBatch,
     build_student_contrast_batch,
@@ -208,7 +214,9 @@ class TeacherScorer:
         index = torch.tensor(real, dtype=torch.long)
         result["teacher_log_probs"][index] = teacher_lp.float()
         result["contrast_log_probs"][index] = contrast_lp.float()
-        result["self_distillation_mask"][index] = teacher.self_distillation_mask.float()
+        # A sample whose scoring failed gets no teacher context: its score is not a verdict on the response.
+        scored = ~torch.tensor(reward_failed_of(data, size), dtype=torch.bool)
+        result["self_distillation_mask"][index] = teacher.self_distillation_mask.float() * scored.float()
         if self.credit.contrast_form == "pmi" and teacher.num_negatives:
             student_lp = self.student_contrast(data, teacher, width, tokenizer)
             result["student_contrast_log_probs"] = torch.zeros(rows, teacher.num_negatives, width)

@@ -26,11 +26,11 @@ from verl.trainer.ppo.reward import load_reward_manager, resolve_reward_manager_
 
 import credit_plugin.reward_manager
 from credit_plugin.dev.tiny.model import qwen_tokenizer_dir
-from credit_plugin.reward_manager import CreditRewardManager, reward_failure_metrics
+from credit_plugin.reward_manager import CreditRewardManager, reward_failed_of, reward_failure_metrics
 from credit_plugin.scorers import sandbox
 from credit_plugin.scorers.result import PROGRAM_OUTPUT_OPEN
 
-OK = {"reward_error": 0.0, "reward_timeout": 0.0}
+OK = {"reward_error": 0.0, "reward_timeout": 0.0, "reward_error_reason": ""}
 
 ADD_TESTS = json.dumps({"inputs": ["1 2\n", "5 5\n"], "outputs": ["3\n", "10\n"]})
 QUESTION = [{"role": "user", "content": "Read two integers and print their sum."}]
@@ -273,7 +273,7 @@ def test_colocated_reward_model_inputs_score_zero_with_the_reason(reward_worker)
     result = asyncio.run(reward_worker.reward_manager.run_single(data))
     info = result["reward_extra_info"]
     assert result["reward_score"] == 0.0 and info["reward_error"] == 1.0 and info["reward_timeout"] == 0.0
-    assert "colocated reward-model path" in info["feedback"]
+    assert "colocated reward-model path" in info["reward_error_reason"] and info["feedback"] == ""
 
 
 @pytest.mark.slow  # a fresh process importing verl (about 40 s)
@@ -333,9 +333,20 @@ def test_bad_samples_score_zero_and_the_rest_of_the_batch_is_scored(reward_worke
     infos = [out["reward_extra_info"] for out in outputs]
     assert [info["reward_error"] for info in infos] == [0.0, 1.0, 1.0, 1.0, 1.0, 0.0]
     assert all(info.keys() == infos[0].keys() for info in infos), "verl takes the first sample's keys for all"
-    assert "has no ['data_source']" in infos[1]["feedback"] and "has no ['reward_model']" in infos[2]["feedback"]
-    assert "ValueError in the scorer" in infos[3]["feedback"] and "SECRET-GROUND-TRUTH" not in infos[3]["feedback"]
-    assert "ValueError in the scorer" in infos[4]["feedback"]
+    reasons = [info["reward_error_reason"] for info in infos]
+    assert "has no ['data_source']" in reasons[1] and "has no ['reward_model']" in reasons[2]
+    assert "ValueError in the scorer" in reasons[3] and "SECRET-GROUND-TRUTH" not in reasons[3]
+    assert "ValueError in the scorer" in reasons[4]
+    # A failed sample gets no feedback and, in the teacher pass, no teacher context at all.
+    assert [info["feedback"] == "" for info in infos] == [True] * 6
+    assert reward_failed_of({"extra_fields": [{"reward_extra_info": info} for info in infos]}, 6) == [
+        False,
+        True,
+        True,
+        True,
+        True,
+        False,
+    ]
     extra_fields = [{"reward_extra_info": info} for info in infos]
     assert reward_failure_metrics(extra_fields) == {"credit/reward/errors": 4.0, "credit/reward/timeouts": 0.0}
 
@@ -366,7 +377,7 @@ def test_a_scorer_past_score_timeout_s_gives_zero_and_a_timeout(config, reward_w
     assert time.monotonic() - start < 5.0
     info = result["reward_extra_info"]
     assert result["reward_score"] == 0.0 and info["reward_timeout"] == 1.0 and info["reward_error"] == 1.0
-    assert "took longer than 0.5 s" in info["feedback"]
+    assert "took longer than 0.5 s" in info["reward_error_reason"] and info["feedback"] == ""
     metrics = reward_failure_metrics([{"reward_extra_info": info}, {"reward_extra_info": {**info, **OK}}])
     assert metrics == {"credit/reward/errors": 1.0, "credit/reward/timeouts": 1.0}
 
@@ -390,6 +401,54 @@ def test_max_parallel_bounds_concurrent_scorer_calls(config, reward_worker, tmp_
 
     results = asyncio.run(all_at_once())
     assert max(result["reward_score"] for result in results) == 2.0
+
+
+@pytest.mark.parametrize("max_parallel", [1, 2])
+def test_a_timed_out_call_keeps_its_slot_and_starves_no_later_sample(config, reward_worker, tmp_path, max_parallel):
+    """Issue 18 item 5: calls past their time-out hold their slot; the calls after them run in full time."""
+    manager = custom_manager(
+        config,
+        reward_worker,
+        tmp_path,
+        "def judge(data_source, solution_str, ground_truth, extra_info=None, **kwargs):\n"
+        "    time.sleep(1.5 if 'slow' in solution_str else 0.05)\n    return 1.0\n",
+        score_timeout_s=0.5,
+        max_parallel=max_parallel,
+    )
+    texts = ["slow"] * max_parallel + ["fast"] * max_parallel
+    data = make_batch(
+        manager.tokenizer, texts, data_source=["x"] * len(texts), reward_model=[{"ground_truth": "y"}] * len(texts)
+    )
+
+    async def in_order():
+        tasks = []
+        for i in range(len(texts)):
+            tasks.append(asyncio.create_task(manager.run_single(data[i : i + 1])))
+            await asyncio.sleep(0.01)  # the slow ones take their slots first
+        return await asyncio.gather(*tasks)
+
+    results = asyncio.run(in_order())
+    timeouts = [result["reward_extra_info"]["reward_timeout"] for result in results]
+    assert timeouts == [1.0] * max_parallel + [0.0] * max_parallel
+    assert [result["reward_score"] for result in results[max_parallel:]] == [1.0] * max_parallel
+
+
+@pytest.mark.parametrize(
+    ("options", "bound"),
+    [
+        ({"score_timeout_s": 30}, 70),
+        ({"score_timeout_s": 40, "total_timeout_s": 30}, 40),
+        ({"sandbox": "sandbox_fusion", "sandbox_fusion_url": "http://127.0.0.1:9/run_code"}, 276),
+    ],
+    ids=["bwrap", "bwrap_equal", "sandbox_fusion_retries"],
+)
+def test_score_timeout_s_must_exceed_the_sandboxs_own_limit(config, reward_worker, options, bound):
+    bad = with_options(config, **{f"reward.reward_kwargs.{key}": value for key, value in options.items()})
+    with pytest.raises(ValueError, match=rf"score_timeout_s=\S+ must exceed {bound} s"):
+        load_reward_manager(bad, reward_worker.input_tokenizer)
+    good = with_options(bad, **{"reward.reward_kwargs.score_timeout_s": bound + 1})
+    if "sandbox_fusion_url" not in options:
+        assert load_reward_manager(good, reward_worker.input_tokenizer).score_timeout_s == bound + 1
 
 
 @pytest.mark.parametrize(

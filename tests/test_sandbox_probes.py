@@ -144,7 +144,8 @@ def test_a_hostile_sibling_cannot_touch_a_concurrent_sample():
     for thread in threads:
         thread.join(timeout=60)
     assert results["right"].acc and results["vandal"].score == 0.0
-    assert "ended abnormally" in results["vandal"].feedback
+    # The runner is pid 1 of the vandal's namespace, which kill(-1) from inside skips: every test still ran.
+    assert "Passed 0 of 3 tests." in results["vandal"].feedback, results["vandal"].feedback
 
 
 def test_no_host_socket_is_reached_even_after_setns():

@@ -21,7 +21,7 @@ from typing import Any
 
 from credit_plugin.scorers.code import check_code_options, score_code
 from credit_plugin.scorers.result import ScoreResult, check_max_feedback_chars
-from credit_plugin.scorers.sandbox import SandboxLimits
+from credit_plugin.scorers.sandbox import START_SLACK_S, SandboxLimits, worst_case_seconds
 from credit_plugin.scorers.science import score_science
 from credit_plugin.scorers.tool_use import score_tool_use
 
@@ -88,6 +88,30 @@ def check_option_values(options: Mapping[str, Any], data_sources: set[str] | Non
     check_code_options(**code_options, probe=used is not None and score_code in used)
 
 
+def check_score_timeout(
+    score_timeout_s: float, options: Mapping[str, Any], data_sources: set[str] | None = None
+) -> None:
+    """ValueError unless ``score_timeout_s`` exceeds the code sandbox's own longest run (retries included).
+
+    Checked where code may be scored (``data_sources`` None or holding a code source): a shorter limit
+    abandons calls that the backend would still finish or time out itself, and each abandoned call keeps
+    its thread (and its ``max_parallel`` slot) until it ends.
+    """
+    if data_sources is not None and score_code not in {scorer_for(source) for source in data_sources}:
+        return
+    defaults = inspect.signature(score_code).parameters
+    backend = options.get("sandbox", defaults["sandbox"].default)
+    total = options.get("total_timeout_s", defaults["total_timeout_s"].default)
+    bound = worst_case_seconds(backend, float(total))
+    if not score_timeout_s > bound:
+        raise ValueError(
+            f"reward.reward_kwargs.score_timeout_s={score_timeout_s:g} must exceed {bound:g} s, the longest a "
+            f"code sample can take with sandbox={backend} and total_timeout_s={total:g} (the runner's budget plus "
+            f"{START_SLACK_S:g} s to start{', times verl client retries' if backend == 'sandbox_fusion' else ''});"
+            " raise score_timeout_s or lower total_timeout_s"
+        )
+
+
 def compute_score(
     data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None, **kwargs: Any
 ) -> dict:
@@ -110,6 +134,7 @@ __all__ = [
     "DATA_SOURCE_PREFIXES",
     "ScoreResult",
     "check_option_values",
+    "check_score_timeout",
     "check_options",
     "compute_score",
     "scorer_for",

@@ -13,8 +13,10 @@ For call tests without ``fn_name`` in the ground truth, it is read from ``extra_
 ``extra_info["func_name"]`` or LiveCodeBench's ``extra_info["metadata"]["func_name"]``. The callee is the
 method of ``class Solution`` (LeetCode style) if defined, else the top-level function.
 
-stdout matches when the stripped lines agree, or token by token: integers exactly, other numbers within
-``float_tolerance``. Return values match after a JSON round trip, with the same rule for numbers.
+stdout matches token by token (:func:`stdout_matches`): every token exactly, except that where the
+expected token is a float, a number within ``float_tolerance`` matches. Return values match after a JSON
+round trip: an expected int needs that int, an expected float any number within ``float_tolerance``.
+Output that cannot be compared (it never raises here, but as a guard) is a wrong answer, not an error.
 
 The program runs in :mod:`credit_plugin.scorers.sandbox` (option ``sandbox``); the expected outputs stay
 in this process. Program output quoted in the feedback is clipped, escaped and fenced as program output.
@@ -170,39 +172,54 @@ def extract_code(response: str) -> tuple[str, bool]:
     return text, False
 
 
-def _number(token: str) -> int | float | None:
-    """A token as an int (digits with an optional sign) or a float, else None."""
-    if token.lstrip("+-").isdigit() and len(token) - len(token.lstrip("+-")) <= 1:
-        return int(token)
-    try:
-        return float(token)
-    except ValueError:
+# Numbers as the judge reads them: ASCII digits only, an optional sign, no "_", no inf/nan words.
+_NUMBER_TOKEN = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+
+
+def _float_token(token: str) -> float | None:
+    """A finite float if ``token`` is an ASCII decimal number written as a float (a ``.`` or an exponent)."""
+    if not _NUMBER_TOKEN.fullmatch(token) or not any(c in token for c in ".eE"):
         return None
+    value = float(token)
+    return value if math.isfinite(value) else None
+
+
+def tokens_match(expected: str, got: str, float_tolerance: float) -> bool:
+    """One output token against the expected one (rules in :func:`stdout_matches`)."""
+    if expected == got:
+        return True
+    want = _float_token(expected)
+    if want is None or not _NUMBER_TOKEN.fullmatch(got):
+        return False
+    have = float(got)
+    return math.isfinite(have) and math.isclose(want, have, rel_tol=float_tolerance, abs_tol=float_tolerance)
 
 
 def numbers_match(expected: float, got: float, float_tolerance: float) -> bool:
-    """Integers compare exactly; if either side is a float, within ``float_tolerance`` (relative and absolute)."""
+    """A returned number against the expected one: an expected int (or bool) needs exactly that int (bool);
+    an expected float takes any finite int or float within ``float_tolerance`` (relative and absolute)."""
     if isinstance(expected, bool) or isinstance(got, bool):
-        return expected is got
-    if isinstance(expected, int) and isinstance(got, int):
-        return expected == got
-    return math.isclose(expected, got, rel_tol=float_tolerance, abs_tol=float_tolerance)
+        return type(expected) is type(got) and expected == got
+    if isinstance(expected, int):
+        return isinstance(got, int) and expected == got
+    if isinstance(got, int) and abs(got) > 2**1023:
+        return False  # beyond any finite float (float() of it would raise OverflowError)
+    return math.isfinite(got) and math.isclose(expected, got, rel_tol=float_tolerance, abs_tol=float_tolerance)
 
 
 def stdout_matches(expected: str, got: str, float_tolerance: float = DEFAULT_FLOAT_TOLERANCE) -> bool:
-    """Line-wise match ignoring surrounding whitespace, else token-wise with :func:`numbers_match` for numbers."""
-    if [line.strip() for line in expected.strip().splitlines()] == [line.strip() for line in got.strip().splitlines()]:
-        return True
+    """Whether a program's stdout is the expected output, token by token (LiveCodeBench's rule, made exact).
+
+    Both are split on whitespace (line breaks and spacing do not matter) and must have the same number of
+    tokens. A token matches when it is the same text; only where the *expected* token is a float (ASCII
+    digits with a ``.`` or an exponent, e.g. ``0.5``, ``3.0``, ``1e-3``) does any ASCII number within
+    ``float_tolerance`` match it (``0.50``, ``5e-1``, ``-0.0`` for ``0.0``, ``3`` for ``3.0``). So an
+    expected integer takes only itself: not ``3.0``, ``+3``, ``-0`` for ``0``, ``1_000``, ``1e9``,
+    ``998244000.0``, nor Unicode digits (``²``, ``٣``); ``inf``, ``infinity`` and ``nan`` are words, equal
+    only to themselves. Never raises on any output.
+    """
     want, have = expected.split(), got.split()
-    if len(want) != len(have):
-        return False
-    for w, h in zip(want, have, strict=True):
-        if w == h:
-            continue
-        nw, nh = _number(w), _number(h)
-        if nw is None or nh is None or not numbers_match(nw, nh, float_tolerance):
-            return False
-    return True
+    return len(want) == len(have) and all(tokens_match(w, h, float_tolerance) for w, h in zip(want, have, strict=True))
 
 
 def values_match(expected: Any, got: Any, float_tolerance: float = DEFAULT_FLOAT_TOLERANCE) -> bool:
@@ -249,6 +266,11 @@ def _failure_body(case: CodeCase, fn_name: str | None, outcome: RunOutcome, limi
         )
     if not outcome.returned:
         return "runtime error", f"{fn_name}() did not return (the program exited first)"
+    if outcome.status == "bad_value":
+        return "wrong answer", (
+            f"Expected return value: {clip(json.dumps(case.expected), FIELD_CHARS)}\n"
+            "Your return value could not be read back (an integer over 4300 digits, or nested too deeply)."
+        )
     return "wrong answer", (
         f"Expected return value: {clip(json.dumps(case.expected), FIELD_CHARS)}\n"
         f"Your return value:\n{quote_program_output(json.dumps(outcome.value), FIELD_CHARS)}"
@@ -261,11 +283,16 @@ def _quoted_stderr(outcome: RunOutcome) -> str:
 
 
 def _passes(case: CodeCase, outcome: RunOutcome, float_tolerance: float) -> bool:
+    """Whether the test passed. Whatever the program wrote, this never raises: output that cannot be
+    compared (e.g. a return value too deep to walk) counts as a wrong answer."""
     if outcome.status != "ok":
         return False
-    if case.args is None:
-        return stdout_matches(case.expected, outcome.stdout, float_tolerance)
-    return outcome.returned and values_match(case.expected, outcome.value, float_tolerance)
+    try:
+        if case.args is None:
+            return stdout_matches(case.expected, outcome.stdout, float_tolerance)
+        return outcome.returned and values_match(case.expected, outcome.value, float_tolerance)
+    except (ValueError, OverflowError, RecursionError, TypeError, MemoryError):
+        return False
 
 
 def _compile_error(code: str) -> str | None:
@@ -333,8 +360,8 @@ def score_code(
         score_mode: ``all`` (1.0 only if every test passes, as LiveCodeBench) or ``fraction`` (share of
             tests passed; tests not run count as failed).
         max_failures: how many failed tests the feedback describes; the rest are counted.
-        float_tolerance: relative and absolute tolerance for numbers where either side is a float;
-            integers always compare exactly.
+        float_tolerance: relative and absolute tolerance, applied only where the expected token or
+            value is a float; an expected integer needs exactly that integer (:func:`stdout_matches`).
         sandbox, sandbox_fusion_url: the isolation backend (``bwrap``, ``sandbox_fusion`` with its URL,
             or ``unsafe_local``); see :mod:`credit_plugin.scorers.sandbox`.
 
@@ -393,7 +420,11 @@ def score_code(
         failed += 1
         if len(failures) >= max_failures:
             continue
-        headline, details = _failure_body(case, tests.fn_name, outcome, limits)
+        try:
+            headline, details = _failure_body(case, tests.fn_name, outcome, limits)
+        except (ValueError, OverflowError, RecursionError, TypeError):
+            # The program's value cannot even be shown: still its wrong answer, never a scorer error.
+            headline, details = "wrong answer", "Your output could not be shown."
         text = f"Test {number} failed: {headline}.\n{_show_input(case, tests.fn_name)}"
         if details and details in seen_details:
             text += f"\n(same error as test {seen_details[details]})"

@@ -1,22 +1,26 @@
 """Runner inside the code sandbox: runs one program on each test input, one forked process per test.
 
 Started by :mod:`credit_plugin.scorers.sandbox` as ``python -I -S -c <this file's text>`` inside the
-isolation layer (bubblewrap: own pid, mount, network and user namespaces). Standard library only.
+isolation layer (bubblewrap: own pid, mount, network and user namespaces, the runner as pid 1).
+Standard library only.
 
 stdin holds one JSON spec: ``code``, ``fn_name`` (None: stdin/stdout program), ``tests`` (a list of
 ``{"stdin": str | None, "args": list | None}``), ``timeout_s``, ``total_timeout_s``, ``memory_bytes``,
-``fsize_bytes``, ``nproc`` (None: not set), ``report_bytes``, ``tmp_dir`` (where test folders go) and
-``own_pid_namespace`` (whether the runner is alone in its pid namespace). Expected outputs are never
-sent: comparing happens outside the sandbox. stdout gets one JSON line per test that ran, in order:
-``timed_out``, ``returncode``, ``flooded``, ``stdout``, ``stderr`` (its tail) and ``value`` (the call's
-return value as JSON text, or None if it did not return), then ``{"done": true}``. Testing stops after
-the first time-out or when ``total_timeout_s`` is spent.
+``fsize_bytes``, ``nproc`` (None: not set), ``report_bytes``, ``tmp_dir`` (where test folders go),
+``own_pid_namespace`` (whether the runner is pid 1 of its own pid namespace) and ``encoding`` (``raw`` or
+``base64``). Expected outputs are never sent: comparing happens outside the sandbox. stdout gets one
+record per test that ran, in order: a JSON header line (``timed_out``, ``returncode``, ``flooded``,
+``sizes``: bytes of stdout, of the stderr tail and of the call's return value as JSON, -1 if it did not
+return), then those bytes unescaped (``base64``: as one base64 line); at the end the header
+``{"done": true}``. Testing stops after the first time-out or when ``total_timeout_s`` is spent.
 
-The runner shares its uid with the program, so the program can read or kill it; that gains nothing:
-the runner holds only the program and its inputs. Between tests the runner kills every other process
-of the pid namespace, so each test starts alone and nothing outlives its test. Without a pid namespace
-(the unsafe local mode, a remote sandbox service) it kills each test's process group instead, which a
-program can leave with ``setsid``.
+As pid 1 of the namespace the runner cannot be killed or stopped by the program (the kernel drops
+signals from inside to an init without a handler), and it makes itself non-dumpable, so the program
+cannot ptrace it or take its descriptors. It opens each test's files itself (in an unpredictable folder)
+and reads them through its own descriptors, bounded. Between tests it kills every other process of the
+namespace with ``kill(-1)`` and reaps until none is left, so each test starts alone and nothing
+outlives its test. Without a pid namespace (the unsafe local mode, a remote sandbox service) it kills
+each test's process group instead, which a program can leave with ``setsid``.
 """
 
 import builtins
@@ -76,17 +80,32 @@ def _call(namespace: dict, fn_name: str, args: list):
     return target(*args)
 
 
-def _test_process(spec: dict, test: dict, folder: str, cpu_s: int) -> int:
-    """Body of one test's process (after fork): redirect stdio to files, apply the limits, run the program."""
-    for fd, name, flags in ((0, "stdin", os.O_RDONLY), (1, "stdout", os.O_WRONLY), (2, "stderr", os.O_WRONLY)):
-        opened = os.open(os.path.join(folder, name), flags | (os.O_CREAT | os.O_TRUNC if fd else 0), 0o600)
-        os.dup2(opened, fd)
-        os.close(opened)
-    os.closerange(3, 1024)
+def _set_dumpable(flag: int) -> None:
+    """``prctl(PR_SET_DUMPABLE, flag)``: a non-dumpable runner cannot be ptraced, nor its fds and memory read.
+
+    Through ctypes (standard library); where the interpreter has no ctypes the runner stays dumpable, which
+    gains a program nothing beyond its own inputs (the runner holds no expected output).
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, flag, 0, 0, 0)
+    except (ImportError, OSError, AttributeError):
+        pass
+
+
+def _test_process(spec: dict, test: dict, fds: dict, cpu_s: int, work: str) -> int:
+    """Body of one test's process (after fork): the runner's files on fds 0-3, the limits, then the program."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr"), (3, "result")):
+        os.dup2(fds[name], fd)
+    # The runner's own files (its report: stdout) are closed; fd 3 takes a call's return value.
+    os.closerange(4, 1 << 16)
+    if spec["own_pid_namespace"]:
+        _set_dumpable(1)
     sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
     sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
     sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
-    os.chdir(os.path.join(folder, "work"))
+    os.chdir(work)
     if not spec["own_pid_namespace"]:
         os.setsid()
     _set_limits(spec, cpu_s)
@@ -98,8 +117,11 @@ def _test_process(spec: dict, test: dict, folder: str, cpu_s: int) -> int:
         exec(compile(source, SOLUTION_FILE, "exec"), namespace)
         if fn_name is not None:
             value = _call(namespace, fn_name, test["args"])
-            with open(os.path.join(folder, "result.json"), "w", encoding="utf-8") as f:
-                json.dump(value, f, default=_jsonable)
+            text = json.dumps(value, default=_jsonable).encode()
+            os.lseek(3, 0, os.SEEK_SET)
+            os.ftruncate(3, 0)
+            while text:
+                text = text[os.write(3, text) :]
     except SystemExit as exc:
         sys.stdout.flush()
         code = exc.code
@@ -115,33 +137,24 @@ def _test_process(spec: dict, test: dict, folder: str, cpu_s: int) -> int:
     return 0
 
 
-def _others() -> list[int]:
-    """Every live process of this pid namespace except pid 1 (bubblewrap's init) and this runner."""
-    pids = []
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) not in (1, os.getpid()):
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    state = f.read().rpartition(b")")[2].split()[0]
-            except (OSError, IndexError):
-                continue
-            if state not in (b"Z", b"X"):
-                pids.append(int(name))
-    return pids
+def _kill_all() -> None:
+    """As pid 1 of the sandbox's pid namespace: SIGKILL every other process and reap it, until none is left.
 
-
-def _kill_others() -> None:
-    """SIGKILL every other process until none is left (a fork loop cannot outrun it: nproc bounds it)."""
-    for _ in range(1000):
-        pids = _others()
-        if not pids:
+    ``kill(-1)`` reaches every thread group of the namespace, also one whose leader is already a zombie
+    while its other threads run; every orphan is re-parented to this runner, so when ``waitpid`` finds
+    no child the namespace is empty.
+    """
+    while True:
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
             return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        time.sleep(0.001)
+        except InterruptedError:
+            continue
 
 
 def _kill_group(pid: int) -> None:
@@ -151,28 +164,42 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def _read(path: str, max_bytes: int, tail: bool = False) -> str:
-    try:
-        with open(path, "rb") as f:
-            if tail:
-                f.seek(max(0, os.fstat(f.fileno()).st_size - max_bytes))
-            return f.read(max_bytes).decode("utf-8", errors="replace")
-    except OSError:
-        return ""
+def _read_fd(fd: int, max_bytes: int, tail: bool = False) -> bytes:
+    """At most ``max_bytes`` of a file through the runner's own descriptor (the program cannot swap it)."""
+    size = os.fstat(fd).st_size
+    offset = max(0, size - max_bytes) if tail else 0
+    chunks, wanted = [], min(size - offset, max_bytes)
+    while wanted > 0:
+        chunk = os.pread(fd, wanted, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+        wanted -= len(chunk)
+    return b"".join(chunks)
 
 
-def _run_one(spec: dict, index: int, test: dict, timeout_s: float) -> dict:
-    folder = os.path.join(spec["tmp_dir"], f"test_{index}")
-    os.makedirs(os.path.join(folder, "work"))
-    with open(os.path.join(folder, "stdin"), "w", encoding="utf-8") as f:
-        f.write(test["stdin"] or "")
+def _run_one(spec: dict, index: int, test: dict, timeout_s: float) -> tuple[dict, bytes]:
+    """Run one test; its report header and payload (stdout, stderr tail, return value: sizes in the header)."""
+    # An unpredictable folder: the program of an earlier test cannot plant files (a FIFO, a link) in it.
+    folder = os.path.join(spec["tmp_dir"], f"test_{index}_{os.urandom(8).hex()}")
+    work = os.path.join(folder, "work")
+    os.makedirs(work)
+    fds = {}
+    for name in ("stdin", "stdout", "stderr", "result"):
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fds[name] = os.open(os.path.join(folder, name), flags, 0o600)
+    data = (test["stdin"] or "").encode("utf-8", errors="surrogatepass")
+    while data:
+        data = data[os.write(fds["stdin"], data) :]
+    os.lseek(fds["stdin"], 0, os.SEEK_SET)
     cpu_s = int(timeout_s) + 1
     sys.stdout.flush()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
-            code = _test_process(spec, test, folder, cpu_s)
+            code = _test_process(spec, test, fds, cpu_s, work)
         finally:
             for stream in (sys.stdout, sys.stderr):
                 try:
@@ -192,19 +219,34 @@ def _run_one(spec: dict, index: int, test: dict, timeout_s: float) -> dict:
     _, status = os.waitpid(pid, 0)
     os.close(pidfd)
     if spec["own_pid_namespace"]:
-        _kill_others()
+        _kill_all()
     fsize = spec["fsize_bytes"]
-    sizes = [os.stat(os.path.join(folder, name)).st_size for name in ("stdout", "stderr")]
-    result_path = os.path.join(folder, "result.json")
-    report = {
+    sizes = [os.fstat(fds[name]).st_size for name in ("stdout", "stderr")]
+    stdout = _read_fd(fds["stdout"], fsize)
+    stderr = _read_fd(fds["stderr"], STDERR_TAIL_BYTES, tail=True)
+    value = _read_fd(fds["result"], fsize)
+    for fd in fds.values():
+        os.close(fd)
+    header = {
         "timed_out": timed_out,
         "returncode": os.waitstatus_to_exitcode(status),
         "flooded": max(sizes) >= fsize,
-        "stdout": _read(os.path.join(folder, "stdout"), fsize),
-        "stderr": _read(os.path.join(folder, "stderr"), STDERR_TAIL_BYTES, tail=True),
-        "value": _read(result_path, fsize) if os.path.exists(result_path) else None,
+        "sizes": [len(stdout), len(stderr), len(value) if value else -1],
     }
-    return report
+    return header, stdout + stderr + value
+
+
+def _emit(header: dict, payload: bytes, encoding: str) -> None:
+    """One framed record on stdout: a JSON header line, then the payload (raw bytes, or one base64 line)."""
+    out = sys.stdout.buffer
+    out.write(json.dumps(header).encode() + b"\n")
+    if encoding == "base64":
+        import base64
+
+        out.write(base64.b64encode(payload) + b"\n")
+    else:
+        out.write(payload)
+    out.flush()
 
 
 def main() -> int:
@@ -214,8 +256,13 @@ def main() -> int:
     builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
     builtins.quit = _sitebuiltins.Quitter("quit", "Ctrl-D (i.e. EOF)")
     spec = json.loads(sys.stdin.buffer.read())
+    if spec["own_pid_namespace"]:
+        # pid 1 of the sandbox: no process of the namespace can kill or stop it; non-dumpable: none can
+        # ptrace it or take its descriptors (pidfd_getfd) and write into its report.
+        _set_dumpable(0)
     report_bytes = spec["report_bytes"]
     resource.setrlimit(resource.RLIMIT_FSIZE, (report_bytes, report_bytes))
+    encoding = spec.get("encoding", "raw")
     if not spec["own_pid_namespace"]:
         # A shared /tmp (a remote sandbox service): a folder of this run's own, removed at the end.
         spec["tmp_dir"] = os.path.join(spec["tmp_dir"], f"credit_runner_{os.getpid()}_{time.time_ns()}")
@@ -226,17 +273,16 @@ def main() -> int:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            report = _run_one(spec, index, test, min(spec["timeout_s"], remaining))
-            sys.stdout.write(json.dumps(report, ensure_ascii=False) + "\n")
-            sys.stdout.flush()
-            if report["timed_out"]:
+            header, payload = _run_one(spec, index, test, min(spec["timeout_s"], remaining))
+            _emit(header, payload, encoding)
+            if header["timed_out"]:
                 break
     finally:
         if not spec["own_pid_namespace"]:
             import shutil
 
             shutil.rmtree(spec["tmp_dir"], ignore_errors=True)
-    sys.stdout.write(json.dumps({"done": True}) + "\n")
+    _emit({"done": True}, b"", encoding)
     return 0
 
 

@@ -36,7 +36,7 @@ _ANY_CASE = f"[{OPTION_LETTERS}{OPTION_LETTERS.lower()}]"
 _EXPLICIT = rf"(?:\(({_ANY_CASE})\)|\[({_ANY_CASE})\]|({_UPPER})(?![A-Za-z0-9]))"
 
 _BOXED = re.compile(r"\\boxed\s*\{")
-_LEADING_LETTER = re.compile(rf"^[\s*]*(?:\\text\{{\s*)?[(\[]?({_ANY_CASE})(?![A-Za-z0-9])")
+_LEADING_LETTER = re.compile(rf"[\s*]*(?:\\text\{{\s*)?[(\[]?({_ANY_CASE})(?![A-Za-z0-9])")
 # Each whitespace run is matched by one quantifier only (no two adjacent ones share characters), so a
 # failed match backtracks over a run at most once.
 _STATEMENT = re.compile(
@@ -48,20 +48,23 @@ _STANDALONE = re.compile(rf"(?<![A-Za-z0-9])(\()?({_UPPER})(\))?(?![A-Za-z0-9])"
 _NEXT_VISIBLE = re.compile(r"\s*(\S?)")
 
 
-def _boxed_contents(text: str) -> list[str]:
-    """The content of every ``\\boxed{...}`` with balanced braces, in order; one pass over the text."""
+def _boxed_spans(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of the content of every ``\\boxed{...}`` with balanced braces, in order; one pass.
+
+    Spans, not copies: nested boxes (``\\boxed{\\boxed{...}}``) would make copying every content quadratic.
+    """
     closing, stack = {}, []
     for index, char in enumerate(text):
         if char == "{":
             stack.append(index)
         elif char == "}" and stack:
             closing[stack.pop()] = index
-    contents = []
+    spans = []
     for match in _BOXED.finditer(text):
         opening = match.end() - 1
         if opening in closing:
-            contents.append(text[opening + 1 : closing[opening]])
-    return contents
+            spans.append((opening + 1, closing[opening]))
+    return spans
 
 
 def _first_group(match: re.Match) -> str:
@@ -87,8 +90,9 @@ def normalize_option(ground_truth: Any) -> str:
 def extract_option(response: str) -> str | None:
     """The chosen option letter of a free-text response (rules in the module docstring), or None."""
     text = final_answer_text(response)
-    for boxed in reversed(_boxed_contents(text)):
-        match = _LEADING_LETTER.match(boxed)
+    for start, end in reversed(_boxed_spans(text)):
+        # Matched in place (pos/endpos): the pattern stops at the first character that cannot lead a letter.
+        match = _LEADING_LETTER.match(text, start, end)
         if match is not None:
             return match.group(1).upper()
     statements = list(_STATEMENT.finditer(text))

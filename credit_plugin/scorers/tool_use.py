@@ -250,17 +250,23 @@ def parse_reference_calls(ground_truth: Any) -> list[ToolCall]:
     return calls
 
 
+_NUMERIC = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+# Python refuses to convert longer digit strings to int (sys.set_int_max_str_digits): keep those as text.
+_MAX_INT_DIGITS = 4000
+
+
 def _normalize(value: Any) -> Any:
+    """A value for comparison: ints stay exact (a 400-digit int never becomes a float), numeric strings
+    become numbers (ASCII digits only), other strings are stripped and case-folded."""
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, (int, float)):
-        return float(value)
+        return value
     if isinstance(value, str):
         text = value.strip()
-        try:
-            return float(text)
-        except ValueError:
-            return text.casefold()
+        if _NUMERIC.fullmatch(text) and len(text) <= _MAX_INT_DIGITS:
+            return float(text) if any(c in text for c in ".eE") else int(text)
+        return text.casefold()
     if isinstance(value, list):
         return [_normalize(item) for item in value]
     if isinstance(value, dict):
