@@ -40,6 +40,7 @@ from credit_plugin.teacher import (
     split_student_log_probs,
     split_teacher_log_probs,
 )
+from credit_plugin.teacher.prompts import TeacherPrompts
 
 # What the teacher pass reads from verl's store: the samples, their outcome scores and their feedback.
 TEACHER_PASS_FIELDS = ("uid", "prompts", "responses", "response_mask", "rm_scores", "raw_prompt", *FEEDBACK_FIELDS)
@@ -144,9 +145,22 @@ class TeacherScorer:
     def student_contrast(
         self, data: TensorDict, teacher: TeacherBatch, width: int, tokenizer: PreTrainedTokenizerBase
     ) -> torch.Tensor:
-        """``contrast_form: pmi``: the policy's scores of each response under its K swapped rollout prompts,
-        shape (B, K, T), from one actor call (the weights of ``old_log_probs``)."""
+        """``contrast_form: pmi``: the policy's scores of each response under its K swapped inputs (the ones the
+        teacher's variants swap in, ``credit.contrast_swap``), shape (B, K, T), from one actor call (the weights of
+        ``old_log_probs``)."""
         engine = self.student_engine()
+        swapped = None
+        if self.credit.contrast_swap == "question":
+            size = teacher.num_samples
+            renderer = TeacherPrompts(
+                list(data["raw_prompt"]),
+                [False] * size,
+                tokenizer,
+                self.credit,
+                self.config.data.get("apply_chat_template_kwargs", None),
+            )
+            pairs = [(i, int(teacher.negatives[i, k])) for k in range(teacher.num_negatives) for i in range(size)]
+            swapped = renderer.swapped(pairs)
         student = build_student_contrast_batch(
             prompts=data["prompts"],
             responses=data["responses"],
@@ -155,6 +169,7 @@ class TeacherScorer:
             tokenizer=tokenizer,
             temperature=self.config.actor_rollout_ref.rollout.temperature,
             row_multiple=self.row_multiple(engine),
+            swapped_prompts=swapped,
         )
         return split_student_log_probs(self.score(engine, student.data)["log_probs"], student, width=width)
 

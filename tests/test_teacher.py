@@ -498,3 +498,52 @@ def test_masked_minus_inf_stays_out_of_the_teacher_scores(tokenizer):
     teacher, contrast = split_teacher_log_probs(torch.nested.as_nested_tensor(values, layout=torch.jagged), batch)
     assert torch.isfinite(teacher).all() and torch.isfinite(contrast).all()
     assert teacher[1, 1] == 0 and contrast[1, 0, 1] == 0 and teacher[1, 0] != 0
+
+
+@pytest.mark.parametrize("swap", ["prompt", "question"])
+def test_contrast_variants_and_the_pmi_student_swap_the_same_input_of_a_multi_message_prompt(tokenizer, swap):
+    """ToolAlpaca-like prompts: each group's system message holds its own API docs. The teacher's contrast variant
+    and the student row of ``contrast_form: pmi`` must swap in the same other input (``credit.contrast_swap``):
+    the negative's whole prompt, or only its question inside sample i's messages; they differ only by i's context."""
+    from credit_plugin.teacher.prompts import TeacherPrompts
+
+    uids = ["a", "a", "b", "c"]
+    docs = {uid: f"API docs of tool {uid}: call {uid}_search(query)." for uid in uids}
+    prompt_of = {uid: question(n) for n, uid in enumerate(dict.fromkeys(uids))}
+    raw_prompt = [
+        [{"role": "system", "content": docs[uid]}, {"role": "user", "content": prompt_of[uid]}] for uid in uids
+    ]
+    config = CreditConfig(num_negatives=2, contrast_swap=swap, contrast_form="pmi")
+    kwargs = make_batch(tokenizer, uids, [1.0, 0.0, 0.0, 0.0], ["", "f", "g", ""], raw_prompt=raw_prompt, config=config)
+    rollout_prompts = [chat_ids(tokenizer, messages, **THINKING_OFF) for messages in raw_prompt]
+    teacher = build_teacher_batch(**kwargs, prompts=rollout_prompts)
+    renderer = TeacherPrompts(raw_prompt, [False] * 4, tokenizer, config, THINKING_OFF)
+    pairs = [(i, int(teacher.negatives[i, k])) for k in range(2) for i in range(4)]
+    swapped = renderer.swapped(pairs) if swap == "question" else None
+    student = build_student_contrast_batch(
+        prompts=rollout_prompts,
+        responses=kwargs["responses"],
+        response_mask=kwargs["response_mask"],
+        negatives=teacher.negatives,
+        tokenizer=tokenizer,
+        swapped_prompts=swapped,
+    )
+    teacher_prompts, student_prompts = rows(teacher, "prompts"), rows(student, "prompts")
+    contexts = {1: ("My answer is 0.", None), 2: (None, "g")}  # samples with a context: (solution, feedback)
+    assert teacher.self_distillation_mask.tolist() == [0.0, 1.0, 1.0, 0.0]
+    for k in range(2):
+        for i in range(4):
+            source = int(teacher.negatives[i, k])
+            system = docs[uids[source]] if swap == "prompt" else docs[uids[i]]
+            other = [{"role": "system", "content": system}, {"role": "user", "content": prompt_of[uids[source]]}]
+            assert student_prompts[k * 4 + i] == chat_ids(tokenizer, other, **THINKING_OFF), (swap, i, k)
+            if i in contexts:
+                solution, feedback = contexts[i]
+                reprompted = [other[0], {"role": "user", "content": reprompt(other[1]["content"], solution, feedback)}]
+                want = chat_ids(tokenizer, reprompted, **THINKING_OFF)
+                assert teacher_prompts[(k + 1) * 4 + i] == want, (swap, i, k)
+
+
+def test_contrast_swap_is_checked():
+    with pytest.raises(ValueError, match="contrast_swap"):
+        CreditConfig(contrast_swap="system")

@@ -1,9 +1,12 @@
 """The student's side of ``contrast_form: pmi``: every sample's response under the rollout prompts of its K
 negatives, without feedback, scored by the policy itself (``S' = log pi_theta(y_t | x_{sigma_k(i)}, y_<t)``).
 
-Row ``k * B + i`` is the rollout prompt of row ``negatives[i, k]`` (the teacher batch's negatives, so the
-student and the teacher see the same swapped prompts) followed by sample ``i``'s unchanged response, then
-padding rows to the worker's row multiple.
+Row ``k * B + i`` is the other input of sample ``i``'s contrast variant ``k + 1`` (negative row
+``negatives[i, k]``, the teacher batch's negatives) followed by sample ``i``'s unchanged response, then padding
+rows to the worker's row multiple. The input is the one the teacher's variant swaps in (``credit.contrast_swap``),
+without feedback: with ``prompt`` the negative's rollout prompt ids (what the policy saw for it), with
+``question`` sample ``i``'s messages with the negative's question (``swapped_prompts``, rendered by
+``TeacherPrompts.swapped``).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ def build_student_contrast_batch(
     tokenizer: PreTrainedTokenizerBase,
     temperature: float = 1.0,
     row_multiple: int = 1,
+    swapped_prompts: Sequence | None = None,
 ) -> StudentContrastBatch:
     """The student pass over the negatives of a teacher batch.
 
@@ -60,6 +64,8 @@ def build_student_contrast_batch(
         tokenizer: the rollout tokenizer (its pad id fills the padding rows).
         temperature: the rollout temperature, as for ``old_log_probs``.
         row_multiple: pad the row count to a multiple of it (see ``build_teacher_batch``).
+        swapped_prompts: ``K * B`` prompt id rows (row ``k * B + i``) to use instead of the negatives' rollout
+            prompts (``contrast_swap: question``).
     """
     batch_size = negatives.shape[0]
     if row_multiple < 1:
@@ -67,7 +73,10 @@ def build_student_contrast_batch(
     prompt_rows = token_rows("prompts", prompts, batch_size)
     response_rows = token_rows("responses", responses, batch_size)
     mask_rows = token_rows("response_mask", response_mask, batch_size)
-    swapped = [prompt_rows[int(source)] for source in negatives.T.reshape(-1)]  # row k * B + i
+    if swapped_prompts is None:
+        swapped = [prompt_rows[int(source)] for source in negatives.T.reshape(-1)]  # row k * B + i
+    else:
+        swapped = token_rows("swapped_prompts", swapped_prompts, negatives.numel())
     data, num_padding = no_padding_rows(swapped, response_rows, mask_rows, tokenizer, temperature, row_multiple)
     return StudentContrastBatch(
         data=data, negatives=negatives, response_mask=padded_mask(mask_rows), num_padding_rows=num_padding
