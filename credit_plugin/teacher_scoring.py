@@ -149,17 +149,18 @@ class TeacherScorer:
         teacher's variants swap in, ``credit.contrast_swap``), shape (B, K, T), from one actor call (the weights of
         ``old_log_probs``)."""
         engine = self.student_engine()
+        # Only samples with a teacher context use S' (the others get no distillation signal).
+        samples = teacher.self_distillation_mask.nonzero().flatten().tolist()
         swapped = None
         if self.credit.contrast_swap == "question":
-            size = teacher.num_samples
             renderer = TeacherPrompts(
                 list(data["raw_prompt"]),
-                [False] * size,
+                [False] * teacher.num_samples,
                 tokenizer,
                 self.credit,
                 self.config.data.get("apply_chat_template_kwargs", None),
             )
-            pairs = [(i, int(teacher.negatives[i, k])) for k in range(teacher.num_negatives) for i in range(size)]
+            pairs = [(i, int(teacher.negatives[i, k])) for k in range(teacher.num_negatives) for i in samples]
             swapped = renderer.swapped(pairs)
         student = build_student_contrast_batch(
             prompts=data["prompts"],
@@ -170,6 +171,7 @@ class TeacherScorer:
             temperature=self.config.actor_rollout_ref.rollout.temperature,
             row_multiple=self.row_multiple(engine),
             swapped_prompts=swapped,
+            samples=samples,
         )
         return split_student_log_probs(self.score(engine, student.data)["log_probs"], student, width=width)
 
@@ -219,13 +221,17 @@ class TeacherScorer:
             "teacher_log_probs": torch.zeros(rows, width),
             "contrast_log_probs": torch.zeros(rows, teacher.num_negatives, width),
             "self_distillation_mask": torch.zeros(rows),
+            # rows without a context whose plain teacher row was scored (credit/teacher_sanity_gap)
+            "teacher_sanity_rows": torch.zeros(rows, dtype=torch.bool),
         }
         index = torch.tensor(real, dtype=torch.long)
         result["teacher_log_probs"][index] = teacher_lp.float()
         result["contrast_log_probs"][index] = contrast_lp.float()
         result["self_distillation_mask"][index] = teacher.self_distillation_mask.float()
+        result["teacher_sanity_rows"][index] = teacher.sanity_rows
         if self.credit.contrast_form == "pmi" and teacher.num_negatives:
-            student_lp = self.student_contrast(data, teacher, width, tokenizer)
             result["student_contrast_log_probs"] = torch.zeros(rows, teacher.num_negatives, width)
-            result["student_contrast_log_probs"][index] = student_lp.float()
+            if teacher.self_distillation_mask.any():  # else no sample uses S': no call
+                student_lp = self.student_contrast(data, teacher, width, tokenizer)
+                result["student_contrast_log_probs"][index] = student_lp.float()
         return result

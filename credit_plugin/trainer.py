@@ -314,8 +314,11 @@ class CreditTrainer(PPOTrainerSync):
         ref_wg = getattr(self, "ref_policy_wg", None)
         return TeacherScorer(self.config, self.credit, self.actor_rollout_wg, ref_wg, self._ref_in_actor())
 
-    def _teacher_metrics(self, data: DataProto, is_real: torch.BoolTensor, metrics: dict) -> None:
-        """pMI, baseline and the sanity gap, over samples with a teacher context (padding rows excluded)."""
+    def _teacher_metrics(
+        self, data: DataProto, is_real: torch.BoolTensor, metrics: dict, sanity_rows: torch.BoolTensor | None = None
+    ) -> None:
+        """pMI, baseline and the sanity gap, over samples with a teacher context (padding rows excluded); the gap
+        over ``sanity_rows`` (shape (B,)), the rows without context whose plain teacher row was scored."""
         b = data.batch
         context = b["self_distillation_mask"].bool()
         mask = b["response_mask"] * b["self_distillation_mask"][:, None]
@@ -328,9 +331,11 @@ class CreditTrainer(PPOTrainerSync):
                 contrast_gap = torch.where(mask.bool(), b["teacher_log_probs"] - baseline, 0.0)
                 metrics["credit/contrast_gap_mean"] = contrast_gap.sum(-1)[context].mean().item()
                 metrics["credit/baseline_token_mean"] = (baseline.sum() / mask.sum()).item()
-        # Rows without context were scored under their original prompt: a ``current`` teacher must
-        # reproduce ``old_log_probs`` there (a check of the layout); other teachers show their drift.
+        # Rows without context scored under their original prompt: a ``current`` teacher must reproduce
+        # ``old_log_probs`` there (a check of the layout); other teachers show their drift.
         plain = (~context) & (b["response_mask"].sum(-1) > 0) & is_real
+        if sanity_rows is not None:
+            plain = plain & sanity_rows
         if plain.any():
             gap = torch.where(b["response_mask"].bool(), (b["teacher_log_probs"] - b["old_log_probs"]).abs(), 0.0)[
                 plain
@@ -394,7 +399,7 @@ class CreditTrainer(PPOTrainerSync):
         for key in TEACHER_BATCH_KEYS:
             if key in teacher:
                 data.batch[key] = teacher[key]
-        self._teacher_metrics(data, is_real, metrics)
+        self._teacher_metrics(data, is_real, metrics, teacher.get("teacher_sanity_rows"))
 
         if self.config.algorithm.use_kl_in_reward:
             data, kl_metrics = apply_kl_penalty(
