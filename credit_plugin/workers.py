@@ -264,6 +264,38 @@ def read_teacher_weights(folder: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def full_state_items(module: nn.Module):
+    """``(name, full tensor)`` of ``module``'s state dict under its own keys, one tensor at a time.
+
+    The module's keys (``state_dict``), not an inference engine's export: a mixture-of-experts layer keeps its
+    packed expert tensors (``mlp.experts.gate_up_proj``), so :func:`load_full_state` reloads them strictly.
+    FSDP2 shards (``DTensor``) are gathered one by one (collective: every rank walks the whole generator), on the
+    device of their mesh, since a host-offloaded shard cannot be gathered over an accelerator's process group;
+    FSDP1 goes through torch's full-state-dict reader (rank 0 holds it, on the host).
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if isinstance(module, FullyShardedDataParallel):
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        yield from get_model_state_dict(module, options=options).items()
+        return
+    for name, value in module.state_dict().items():
+        if isinstance(value, DTensor):
+            mesh_device = value.device_mesh.device_type
+            value = (value if value.device.type == mesh_device else value.to(mesh_device)).full_tensor()
+        yield name, value
+
+
+def load_full_state(module: nn.Module, state: dict[str, torch.Tensor] | None) -> None:
+    """Load a full state dict (module keys, strict) into ``module``'s shards; ``state`` is read on rank 0 only
+    (None elsewhere) and broadcast, so the other ranks never read the files."""
+    distributed = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=distributed, strict=True)
+    set_model_state_dict(module, state if state is not None else {}, options=options)
+
+
 def rotate_teacher_checkpoints(root: str, max_to_keep: int | None) -> list[str]:
     """Delete ``root/global_step_N/teacher`` folders beyond the newest ``max_to_keep`` (verl's
     ``trainer.max_actor_ckpt_to_keep``; None or 0 keeps all, as verl does). Returns the deleted folders."""
@@ -377,15 +409,22 @@ class CreditActorRolloutRefWorker(ActorRolloutRefWorker):
     def save_teacher(self, local_path: str) -> None:
         """Write the teacher's full weights (HF names) to ``local_path`` from rank 0, shard by shard.
 
-        Gathering the full tensors is collective: every rank walks the whole generator (FSDP's gathered
-        state, or Megatron's bridge export across its tensor/pipeline-parallel ranks), but only rank 0 copies
+        FSDP writes the module's own state-dict keys (:func:`full_state_items`), Megatron the bridge's Hugging
+        Face export. Gathering the full tensors is collective: every rank walks the whole generator (FSDP's
+        gathered tensors, or Megatron's bridge export across its tensor/pipeline-parallel ranks), but only rank 0 copies
         them to CPU, into files of at most ``MAX_SHARD_BYTES``, so its host memory stays bounded. For Megatron
         the model's HF config goes next to them, so that the folder loads like a Hugging Face checkpoint.
         Rotating old teacher folders is the trainer's (after verl marks the checkpoint complete).
         """
         if self.ref is None:
             raise RuntimeError(f"save_teacher needs a worker with a ref engine, got role {self.role!r}")
-        params, _ = self.ref.engine.get_per_tensor_param()
+        if is_megatron(self.ref.engine):
+            params, _ = self.ref.engine.get_per_tensor_param()
+        else:
+            # The module's own keys, not verl's per-tensor export (an inference engine's layout, e.g. per-expert
+            # tensors of a mixture-of-experts layer that the module packs), so that load_teacher can reload them.
+            (module,) = _engine_modules(self.ref.engine)
+            params = full_state_items(module)
         writer = ShardedSafetensorsWriter(local_path) if torch.distributed.get_rank() == 0 else None
         for name, tensor in params:
             if writer is not None:
@@ -399,9 +438,9 @@ class CreditActorRolloutRefWorker(ActorRolloutRefWorker):
     def load_teacher(self, local_path: str) -> None:
         """Load weights written by :meth:`save_teacher` into the ref engine (resuming an EMA run).
 
-        Every rank reads the file and keeps its own shards: FSDP through torch's full-state-dict loader,
-        Megatron through the engine's own bridge (as it loaded the initial model), which splits the full
-        weights over the current TP/PP layout.
+        FSDP: rank 0 reads the files (module keys, see :meth:`save_teacher`) and torch's full-state-dict loader
+        broadcasts them into every rank's shards. Megatron: the engine's own bridge (as it loaded the initial
+        model) splits the full weights over the current TP/PP layout, every rank reading what its shards need.
         """
         if self.ref is None:
             raise RuntimeError(f"load_teacher needs a worker with a ref engine, got role {self.role!r}")
@@ -421,5 +460,5 @@ class CreditActorRolloutRefWorker(ActorRolloutRefWorker):
         modules = _engine_modules(engine)
         if len(modules) != 1:
             raise NotImplementedError(f"expected one FSDP module in the ref engine, got {len(modules)}")
-        state = read_teacher_weights(local_path)
-        set_model_state_dict(modules[0], state, options=StateDictOptions(full_state_dict=True))
+        rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+        load_full_state(modules[0], read_teacher_weights(local_path) if rank0 else None)

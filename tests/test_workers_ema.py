@@ -207,3 +207,82 @@ def test_offloaded_shards_cannot_be_read_outside_the_load_context():
     actor = _OffloadingEngine(_tiny(), True, events, "actor")
     with pytest.raises(RuntimeError):
         ema_update_([_tiny()], [actor.module], 0.05)
+
+
+def _tiny_moe(seed: int) -> transformers.PreTrainedModel:
+    torch.manual_seed(seed)
+    config = transformers.Qwen3MoeConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        moe_intermediate_size=8,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        num_experts=4,
+        num_experts_per_tok=2,
+    )
+    return transformers.Qwen3MoeForCausalLM(config)
+
+
+def _fsdp2(model):
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.model.layers:
+        fully_shard(layer)
+    return fully_shard(model)
+
+
+@pytest.fixture
+def gloo_world(tmp_path):
+    """A one-rank gloo process group (FSDP2 shards on the host), as verl's workers run on the CPU platform."""
+    import torch.distributed as dist
+
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    if created:
+        dist.destroy_process_group()
+
+
+def test_moe_ema_teacher_saves_under_module_keys_and_reloads_through_the_worker(tmp_path, gloo_world):
+    """A mixture-of-experts teacher (packed expert tensors, ``mlp.experts.gate_up_proj``) on FSDP2: the worker
+    writes the module's own keys (verl's per-tensor export writes per-expert keys, which the strict reload
+    refuses) and reads them back on rank 0 into every shard."""
+    from types import SimpleNamespace
+
+    from credit_plugin.workers import CreditActorRolloutRefWorker
+
+    def worker(model):
+        engine = SimpleNamespace(engine_config=SimpleNamespace(strategy="fsdp"), module=model)
+        return SimpleNamespace(ref=SimpleNamespace(engine=engine), role="actor_rollout_ref", _ema_master=dict)
+
+    plain = _tiny_moe(0)
+    expected = {name: tensor.clone() for name, tensor in plain.state_dict().items()}
+    assert "model.layers.0.mlp.experts.gate_up_proj" in expected
+    CreditActorRolloutRefWorker.save_teacher(worker(_fsdp2(plain)), str(tmp_path / "teacher"))
+    saved = read_teacher_weights(str(tmp_path / "teacher"))
+    assert saved.keys() == expected.keys()
+    assert all(torch.equal(saved[name], expected[name]) for name in expected)
+
+    other = _fsdp2(_tiny_moe(1))
+    CreditActorRolloutRefWorker.load_teacher(worker(other), str(tmp_path / "teacher"))
+    from credit_plugin.workers import full_state_items
+
+    reloaded = dict(full_state_items(other))
+    for name in expected:
+        torch.testing.assert_close(reloaded[name], expected[name], rtol=0, atol=0, msg=name)
+
+    # per-expert keys (an inference engine's layout) do not load into the packed module
+    per_expert = {k: v for k, v in saved.items() if "experts" not in k}
+    for layer in range(2):
+        for expert in range(4):
+            per_expert[f"model.layers.{layer}.mlp.experts.{expert}.down_proj.weight"] = torch.zeros(16, 8)
+    (tmp_path / "per_expert").mkdir()
+    from safetensors.torch import save_file
+
+    save_file(per_expert, str(tmp_path / "per_expert/model.safetensors"))
+    with pytest.raises(RuntimeError):
+        CreditActorRolloutRefWorker.load_teacher(worker(other), str(tmp_path / "per_expert"))
