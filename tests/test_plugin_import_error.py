@@ -7,10 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-from credit_plugin.config import CONFIG_DIR
-
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 # verl imports the plugin through its ``verl.plugins`` entry point (debug-level log on failure); a module of the
@@ -45,12 +41,15 @@ def test_a_broken_plugin_import_names_the_error_and_the_setting_that_shows_it():
     assert loud.returncode != 0 and "Traceback" in loud.stderr and "credit_plugin.reward_manager" in loud.stderr
 
 
-def test_every_recipe_imports_the_plugin_loudly_in_ray_workers():
-    """The plugin's defaults (composed by credit_trainer.yaml and every recipe) pass the setting to Ray."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        config = compose(config_name="credit_trainer")
-    assert config.ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES == "credit_plugin"
-    recipes = [path for path in sorted(RECIPES.rglob("*.yaml")) if "- ppo_trainer" in path.read_text()]
-    assert len(recipes) >= 5
-    for recipe in recipes:
-        assert "- credit_defaults" in recipe.read_text(), f"{recipe} does not compose credit_defaults"
+def test_every_recipe_launch_gives_the_setting_that_shows_the_import_error():
+    """Launchers set it for the driver and Ray's workers; recipes launched by hand show it in their command."""
+    setting = "VERL_USE_EXTERNAL_MODULES"
+    for launcher in ("paper/launch.py", "tiny_cpu/demo.py"):
+        text = (RECIPES / launcher).read_text()
+        assert f'"{setting}": "credit_plugin"' in text, launcher
+    for recipe in (*sorted(RECIPES.glob("megatron/credit_*.yaml")), RECIPES / "tiny_cpu/credit.yaml"):
+        header = recipe.read_text().split("\nhydra:")[0]
+        assert f"{setting}=credit_plugin python -m verl.trainer.main_ppo" in header, recipe
+        assert f"+ray_kwargs.ray_init.runtime_env.env_vars.{setting}=credit_plugin" in header, recipe
+    readme = (RECIPES.parent / "README.md").read_text()
+    assert f"{setting}=credit_plugin" in readme and "credit_plugin could not be imported" in readme
