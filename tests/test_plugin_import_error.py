@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 # verl imports the plugin through its ``verl.plugins`` entry point (debug-level log on failure); a module of the
@@ -30,6 +32,7 @@ def _run(code: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # two fresh interpreters importing verl (about 15 s each here)
 def test_a_broken_plugin_import_names_the_error_and_the_setting_that_shows_it():
     result = _run(BROKEN_IMPORT)
     assert "VERL SAYS: Unknown trainer 'credit'" in result.stdout, result.stdout + result.stderr
