@@ -163,10 +163,14 @@ def _text(rng: np.random.Generator, words: int) -> str:
     return " ".join(rng.choice(WORDS, size=words))
 
 
-def synthetic_batch(tokenizer: PreTrainedTokenizerBase, groups: int, per_group: int) -> dict[str, Any]:
+def synthetic_batch(
+    tokenizer: PreTrainedTokenizerBase, groups: int, per_group: int, odd_group_feedback: bool = True
+) -> dict[str, Any]:
     """A batch shaped like a feedback task: ``groups`` prompts of ``per_group`` samples each, one success in
-    every other group, feedback on every failure; prompts of about 300 characters, responses and feedback
-    of about 200. Returns ``build_teacher_batch`` keyword arguments (all but ``config`` and the randomness).
+    every other group, feedback on every failure (``odd_group_feedback=False``: in the groups without a success
+    only on the first sample, so the others have no teacher context); prompts of about 300 characters, responses and
+    feedback of about 200. Returns ``build_teacher_batch`` keyword arguments (all but ``config`` and the
+    randomness).
     """
     rng = np.random.default_rng(0)
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -179,7 +183,8 @@ def synthetic_batch(tokenizer: PreTrainedTokenizerBase, groups: int, per_group: 
             responses.append(torch.tensor(tokenizer.encode(_text(rng, 40)) + [end]))
             uid.append(f"g{group}")
             scores.append(1.0 if success else 0.0)
-            feedback.append(None if success else "Failed test 3: expected 12, got 7. " + _text(rng, 30))
+            text = "Failed test 3: expected 12, got 7. " + _text(rng, 30)
+            feedback.append(None if success or (group % 2 and sample and not odd_group_feedback) else text)
     return {
         "raw_prompt": raw_prompt,
         "responses": responses,
@@ -231,6 +236,50 @@ def bench_teacher_build(tokenizer: PreTrainedTokenizerBase, sizes: Sizes) -> Row
             tokens=credit_tokens,
             tokens_ratio=round(credit_tokens / sdpo_tokens, 3),
         ),
+    }
+
+
+def skipped_rows_tokens(batch: dict[str, Any], teacher: TeacherBatch, config: Any) -> int:
+    """Tokens of the teacher rows ``teacher`` skips (samples without a context), rendered as they were sent
+    before rows were skipped: the plain prompt (variant 0) and the swapped inputs without context (variants
+    ``k + 1``), each followed by the sample's response."""
+    from credit_plugin.teacher.prompts import TeacherPrompts
+
+    size = teacher.num_samples
+    renderer = TeacherPrompts(batch["raw_prompt"], [False] * size, batch["tokenizer"], config, None)
+    sources = torch.cat([torch.arange(size)[:, None], teacher.negatives], dim=1)
+    skipped = (teacher.row_index < 0).nonzero().tolist()  # (variant, sample)
+    prompts = renderer.swapped([(index, int(sources[index, variant])) for variant, index in skipped])
+    return sum(len(ids) + len(batch["responses"][index]) for ids, (_, index) in zip(prompts, skipped, strict=True))
+
+
+def bench_skipped_rows(tokenizer: PreTrainedTokenizerBase, sizes: Sizes) -> Rows:
+    """Rows and tokens the teacher pass sends at a typical context fraction (half the samples: in the groups
+    without a success only the first gets feedback), against the layout that scored all ``1 + K`` variants of
+    every sample."""
+    from credit_plugin.config import CreditConfig
+
+    batch = synthetic_batch(tokenizer, sizes.groups, sizes.per_group, odd_group_feedback=False)
+    k = sizes.negatives
+    ms, built = interleaved_ms({"credit": lambda: teacher_batch(batch, k)}, sizes.fast_repeats)
+    teacher = built["credit"]
+    samples, sent_rows, sent_tokens = teacher.num_samples, teacher.num_rows, tokens_of(teacher)
+    all_rows = (1 + k) * samples
+    all_tokens = sent_tokens + skipped_rows_tokens(batch, teacher, CreditConfig(num_negatives=k))
+    return {
+        f"teacher_rows_K{k}": entry(
+            ms["credit"],
+            ms["credit"],
+            f"teacher_rows_K{k}",
+            samples=samples,
+            context_fraction=round(float(teacher.self_distillation_mask.mean()), 3),
+            rows_sent=sent_rows,
+            rows_all_variants=all_rows,
+            rows_saved_fraction=round(1 - sent_rows / all_rows, 3),
+            tokens_sent=sent_tokens,
+            tokens_all_variants=all_tokens,
+            tokens_saved_fraction=round(1 - sent_tokens / all_tokens, 3),
+        )
     }
 
 
@@ -324,11 +373,16 @@ def bench_teacher_pass(tokenizer: PreTrainedTokenizerBase, sizes: Sizes) -> Rows
     batch = synthetic_batch(tokenizer, sizes.pass_groups, sizes.per_group)
     sdpo, credit = teacher_batch(batch, 0), teacher_batch(batch, sizes.negatives)
     samples, k, budget = sdpo.num_samples, sizes.negatives, sizes.max_tokens
+    from verl.utils import tensordict_utils as tu
+
     from credit_plugin.teacher import fit_token_budget
 
     sdpo_data, credit_data = fit_token_budget(sdpo.data, budget), fit_token_budget(credit.data, budget)
-    # row v * B + i is variant v of sample i (no padding rows: row_multiple=1)
-    variants = [fit_token_budget(rows_of(credit.data, v * samples, (v + 1) * samples), budget) for v in range(1 + k)]
+    # the rows of variant v, as credit.row_index maps them (no padding rows: row_multiple=1)
+    variants = [
+        fit_token_budget(tu.index_select_tensor_dict(credit.data, row[row >= 0].tolist()), budget)
+        for row in credit.row_index
+    ]
     warm_up = rows_of(sdpo_data, 0, min(4, samples))
     trust_region_data, warm_up_trust_region = trust_region_input(sdpo_data), trust_region_input(warm_up)
 
@@ -528,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "math": bench_math(sizes),
         "teacher_build": bench_teacher_build(tokenizer, sizes),
+        "teacher_rows": bench_skipped_rows(tokenizer, sizes),
         "reward": bench_reward(tokenizer, sizes),
     }
     skipped = []

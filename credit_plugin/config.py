@@ -16,6 +16,9 @@ CONFIG_DIR = str(Path(__file__).parent / "conf")
 GRANULARITIES = ("token", "logit")
 TEACHERS = ("frozen", "current", "ema", "trust_region")
 TRUNCATION_SIDES = ("left", "right", "error")
+# What a contrast variant swaps in from the negative (docs/method.md, "the other input"): its whole prompt (every
+# message, system prompt included) or only the question (its last user turn, in sample i's own messages).
+CONTRAST_SWAPS = ("prompt", "question")
 # Options of the logit-level loss (``distill.py``); the token path has no use for them.
 LOGIT_OPTIONS = ("topk", "alpha", "distillation_add_tail", "is_clip")
 # Options that verl already has: one setting, read where verl reads it.
@@ -37,6 +40,7 @@ class CreditConfig:
     contrast_coef: float = 0.25
     contrast_form: str = "reward"
     contrast_centering: str = "none"
+    contrast_swap: str = "prompt"
     num_negatives: int = 1
     negative_aggregate: str = "mean"
     negative_seed: int = 0
@@ -65,6 +69,7 @@ class CreditConfig:
         self._check_choice("negative_aggregate", AGGREGATES)
         self._check_choice("contrast_form", CONTRAST_FORMS)
         self._check_choice("contrast_centering", CENTERINGS)
+        self._check_choice("contrast_swap", CONTRAST_SWAPS)
         self._check_choice("granularity", GRANULARITIES)
         self._check_choice("teacher", TEACHERS)
         self._check_choice("reprompt_truncation", TRUNCATION_SIDES)

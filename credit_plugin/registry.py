@@ -28,6 +28,9 @@ def assert_registered() -> None:
     try:
         get_trainer_cls(TRAINER_MODE)
     except (KeyError, ValueError) as error:
-        raise RuntimeError(f"credit_plugin did not register trainer_mode {TRAINER_MODE!r} in this process") from error
+        raise RuntimeError(
+            f"credit_plugin did not register trainer_mode {TRAINER_MODE!r} in this process; "
+            "set VERL_USE_EXTERNAL_MODULES=credit_plugin to see the import error"
+        ) from error
     if getattr(ray_trainer.compute_advantage, "credit_patch", None) != compute_advantage_batch_inputs.NAME:
         raise RuntimeError(f"credit_plugin patch {compute_advantage_batch_inputs.NAME!r} is not applied")

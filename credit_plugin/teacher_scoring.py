@@ -46,6 +46,7 @@ from credit_plugin.teacher import (
     split_student_log_probs,
     split_teacher_log_probs,
 )
+from credit_plugin.teacher.prompts import TeacherPrompts
 
 # What the teacher pass reads from verl's store: the samples, their outcome scores and their feedback.
 TEACHER_PASS_FIELDS = ("uid", "prompts", "responses", "response_mask", "rm_scores", "raw_prompt", *FEEDBACK_FIELDS)
@@ -150,9 +151,23 @@ class TeacherScorer:
     def student_contrast(
         self, data: TensorDict, teacher: TeacherBatch, width: int, tokenizer: PreTrainedTokenizerBase
     ) -> torch.Tensor:
-        """``contrast_form: pmi``: the policy's scores of each response under its K swapped rollout prompts,
-        shape (B, K, T), from one actor call (the weights of ``old_log_probs``)."""
+        """``contrast_form: pmi``: the policy's scores of each response under its K swapped inputs (the ones the
+        teacher's variants swap in, ``credit.contrast_swap``), shape (B, K, T), from one actor call (the weights of
+        ``old_log_probs``)."""
         engine = self.student_engine()
+        # Only samples with a teacher context use S' (the others get no distillation signal).
+        samples = teacher.self_distillation_mask.nonzero().flatten().tolist()
+        swapped = None
+        if self.credit.contrast_swap == "question":
+            renderer = TeacherPrompts(
+                list(data["raw_prompt"]),
+                [False] * teacher.num_samples,
+                tokenizer,
+                self.credit,
+                self.config.data.get("apply_chat_template_kwargs", None),
+            )
+            pairs = [(i, int(teacher.negatives[i, k])) for k in range(teacher.num_negatives) for i in samples]
+            swapped = renderer.swapped(pairs)
         student = build_student_contrast_batch(
             prompts=data["prompts"],
             responses=data["responses"],
@@ -161,6 +176,8 @@ class TeacherScorer:
             tokenizer=tokenizer,
             temperature=self.config.actor_rollout_ref.rollout.temperature,
             row_multiple=self.row_multiple(engine),
+            swapped_prompts=swapped,
+            samples=samples,
         )
         return split_student_log_probs(self.score(engine, student.data)["log_probs"], student, width=width)
 
@@ -191,6 +208,8 @@ class TeacherScorer:
             uid=np.array(list(data["uid"]), dtype=object),
             scores=data["rm_scores"].to_padded_tensor(0.0).sum(-1),
             feedback=feedback_of(data, size),
+            # a sample whose scoring failed gets no teacher context: its score is not a verdict on the response
+            excluded=reward_failed_of(data, size),
             tokenizer=tokenizer,
             config=self.credit,
             prompts=data["prompts"],
@@ -210,15 +229,17 @@ class TeacherScorer:
             "teacher_log_probs": torch.zeros(rows, width),
             "contrast_log_probs": torch.zeros(rows, teacher.num_negatives, width),
             "self_distillation_mask": torch.zeros(rows),
+            # rows without a context whose plain teacher row was scored (credit/teacher_sanity_gap)
+            "teacher_sanity_rows": torch.zeros(rows, dtype=torch.bool),
         }
         index = torch.tensor(real, dtype=torch.long)
         result["teacher_log_probs"][index] = teacher_lp.float()
         result["contrast_log_probs"][index] = contrast_lp.float()
-        # A sample whose scoring failed gets no teacher context: its score is not a verdict on the response.
-        scored = ~torch.tensor(reward_failed_of(data, size), dtype=torch.bool)
-        result["self_distillation_mask"][index] = teacher.self_distillation_mask.float() * scored.float()
+        result["self_distillation_mask"][index] = teacher.self_distillation_mask.float()
+        result["teacher_sanity_rows"][index] = teacher.sanity_rows
         if self.credit.contrast_form == "pmi" and teacher.num_negatives:
-            student_lp = self.student_contrast(data, teacher, width, tokenizer)
             result["student_contrast_log_probs"] = torch.zeros(rows, teacher.num_negatives, width)
-            result["student_contrast_log_probs"][index] = student_lp.float()
+            if teacher.self_distillation_mask.any():  # else no sample uses S': no call
+                student_lp = self.student_contrast(data, teacher, width, tokenizer)
+                result["student_contrast_log_probs"][index] = student_lp.float()
         return result

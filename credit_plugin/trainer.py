@@ -11,6 +11,8 @@ hooks it overrides, the worker mapping, the EMA teacher's lifecycle and the step
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import inspect
 import logging
 import os
 from collections import Counter
@@ -19,6 +21,7 @@ import numpy as np
 import ray
 import torch
 import transfer_queue as tq
+import verl
 from omegaconf import DictConfig
 from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
@@ -27,7 +30,7 @@ from verl.trainer.ppo.ray_trainer import apply_kl_penalty
 from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_and_add_to_batch
 from verl.trainer.ppo.utils import Role, need_reference_policy
 from verl.trainer.ppo.v1 import utils as v1_utils
-from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_base import PPOTrainer, register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
 from verl.workers.utils.padding import response_to_nested
@@ -35,6 +38,7 @@ from verl.workers.utils.padding import response_to_nested
 from credit_plugin.config import CreditConfig
 from credit_plugin.diagnostics import AdvantageDriftWatch, token_advantage_stats
 from credit_plugin.estimators import ESTIMATORS, SDPO, TEACHER_BATCH_KEYS
+from credit_plugin.patches import SUPPORTED_VERL
 from credit_plugin.registry import TRAINER_MODE, assert_registered
 from credit_plugin.rewards import contrastive_baseline, sdpo_token_rewards
 from credit_plugin.teacher_scoring import TeacherScorer
@@ -43,9 +47,14 @@ from credit_plugin.workers import (
     check_same_layout,
     check_trust_region_pipeline,
     has_teacher_weights,
+    rotate_teacher_checkpoints,
 )
 
 logger = logging.getLogger(__name__)
+
+# sha256 of ``inspect.getsource(PPOTrainer._compute_advantage)`` in verl 0.9.1, the body that
+# :meth:`CreditTrainer._compute_advantage` mirrors; checked when the trainer starts (:func:`check_mirrored_upstream`).
+UPSTREAM_COMPUTE_ADVANTAGE_SHA256 = "2a4a2aa4a475b228d401959818e0b9019276ce27961c133961de217baa387da7"
 
 # Teachers that need the frozen (ref) model next to the actor; ``current`` is the actor itself.
 REF_TEACHERS = ("frozen", "ema", "trust_region")
@@ -65,6 +74,30 @@ def credit_options(config: DictConfig) -> CreditConfig:
     if credit.granularity != "token":
         raise NotImplementedError("credit.granularity=logit is not wired into the trainer yet; use token")
     return dataclasses.replace(credit, contrast_coef=0.0) if estimator == SDPO else credit
+
+
+def check_mirrored_upstream() -> None:
+    """Raise unless the installed verl's ``PPOTrainer._compute_advantage`` is the body the trainer mirrors.
+
+    :meth:`CreditTrainer._compute_advantage` copies its control flow (KL in reward, rollout correction, the
+    fields written back) with the teacher pass added; another verl build with a changed body would otherwise
+    run the old flow silently.
+    """
+    try:
+        source = inspect.getsource(PPOTrainer._compute_advantage)
+    except (OSError, TypeError) as error:
+        raise RuntimeError(
+            "trainer_mode=credit checks verl's PPOTrainer._compute_advantage against the body it mirrors, but its "
+            f"source cannot be read ({error}); install verl from a wheel or source tree that ships its .py files"
+        ) from error
+    digest = hashlib.sha256(source.encode()).hexdigest()
+    if digest != UPSTREAM_COMPUTE_ADVANTAGE_SHA256:
+        raise RuntimeError(
+            f"trainer_mode=credit mirrors verl {' or '.join(SUPPORTED_VERL)}'s PPOTrainer._compute_advantage, and the "
+            f"installed verl {verl.__version__} has a different one (sha256 {digest[:12]}..., expected "
+            f"{UPSTREAM_COMPUTE_ADVANTAGE_SHA256[:12]}...): install verl=={SUPPORTED_VERL[0]}, or a credit_plugin "
+            "release that supports this verl"
+        )
 
 
 def check_one_output_per_session(keys: list[str]) -> None:
@@ -151,15 +184,25 @@ def check_megatron(config: DictConfig, credit: CreditConfig) -> None:
         check_same_layout(config.ref.megatron, actor, teacher=credit.teacher)
 
 
-def ema_storage_dtype(config: DictConfig) -> str:
-    """The dtype the ref engine keeps the ``ema`` teacher's weights in (the EMA is updated in place there).
+def check_ema_ref_dtype(config: DictConfig) -> None:
+    """Refuse an FSDP ref engine stored below fp32 for ``credit.teacher=ema`` (an EMA step is lost to rounding).
+
+    The Megatron ref engine is exempt: verl's ``McoreEngineConfig`` accepts only bf16/fp16, so the worker keeps
+    the EMA state in an fp32 copy of each shard and casts it into the ref after every step
+    (``credit_plugin.workers.ema_step``). On FSDP the ref's ``model_dtype`` can simply be fp32.
 
     Args:
         config: the ``actor_rollout_ref`` section.
     """
     if config.ref.get("strategy", config.actor.get("strategy")) == "megatron":
-        return str(config.ref.megatron.get("dtype", "bfloat16"))
-    return str(config.ref.get("fsdp_config", {}).get("model_dtype", "fp32"))
+        return
+    ref_dtype = str(config.ref.get("fsdp_config", {}).get("model_dtype", "fp32"))
+    if ref_dtype not in EMA_STORAGE_DTYPES:
+        raise ValueError(
+            f"credit.teacher=ema needs the ref engine's weights in fp32 (an EMA step of "
+            f"credit.teacher_update_rate is lost to {ref_dtype} rounding): set "
+            "actor_rollout_ref.ref.fsdp_config.model_dtype=fp32"
+        )
 
 
 def check_start_up(config: DictConfig) -> CreditConfig:
@@ -177,20 +220,7 @@ def check_start_up(config: DictConfig) -> CreditConfig:
     if section.actor.get("strategy") == "megatron":
         check_megatron(section, credit)
     if credit.teacher == "ema":
-        dtype = ema_storage_dtype(section)
-        if dtype not in EMA_STORAGE_DTYPES:
-            # ema_update_ moves the ref engine's weights in place: in bf16 a step of tau * (actor - teacher) is lost
-            # to rounding, and the worker refuses it after the first actor update; refuse it before any step.
-            where = (
-                "actor_rollout_ref.ref.megatron.dtype (verl's Megatron engine holds bfloat16 or float16 only: use "
-                "credit.teacher=frozen, trust_region or current on Megatron)"
-                if section.actor.get("strategy") == "megatron"
-                else "actor_rollout_ref.ref.fsdp_config.model_dtype=fp32"
-            )
-            raise ValueError(
-                f"credit.teacher=ema needs the ref engine's weights in fp32 (an EMA step of "
-                f"credit.teacher_update_rate is lost to {dtype} rounding): set {where}"
-            )
+        check_ema_ref_dtype(section)
         if ref_in_actor(section):
             raise ValueError(
                 "credit.teacher=ema with LoRA (the ref model lives in the actor) is not supported; "
@@ -205,6 +235,7 @@ class CreditTrainer(PPOTrainerSync):
 
     def __init__(self, config: DictConfig):
         assert_registered()
+        check_mirrored_upstream()
         self.credit = check_start_up(config)
         self.advantage_watch = AdvantageDriftWatch()
         super().__init__(config)
@@ -271,13 +302,21 @@ class CreditTrainer(PPOTrainerSync):
         return os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}", "teacher")
 
     def _save_checkpoint(self):
-        """verl's checkpoint, plus the EMA teacher, which no other checkpoint holds."""
+        """verl's checkpoint, plus the EMA teacher, which no other checkpoint holds.
+
+        Order matters for a kill mid-save: verl's ``_save_checkpoint`` ends by writing
+        ``latest_checkpointed_iteration.txt``, the mark resume trusts. The teacher is written before it, so a
+        step marked complete always has its teacher (a kill before the mark resumes from the previous step,
+        whose teacher is still there); old teacher folders are rotated only after the mark.
+        """
+        if self.credit.teacher == "ema":
+            self.actor_rollout_wg.save_teacher(self._teacher_folder())
         super()._save_checkpoint()
         if self.credit.teacher == "ema":
             max_to_keep = self.config.trainer.get("max_actor_ckpt_to_keep", None)
             if self.config.trainer.get("remove_previous_ckpt_in_save", False):
                 max_to_keep = 1  # as verl rotates the actor
-            self.actor_rollout_wg.save_teacher(self._teacher_folder(), max_to_keep)
+            rotate_teacher_checkpoints(self.config.trainer.default_local_dir, max_to_keep)
 
     def _load_checkpoint(self):
         """On resume, the EMA teacher continues from its saved weights, not from the initial model."""
@@ -299,8 +338,11 @@ class CreditTrainer(PPOTrainerSync):
         ref_wg = getattr(self, "ref_policy_wg", None)
         return TeacherScorer(self.config, self.credit, self.actor_rollout_wg, ref_wg, self._ref_in_actor())
 
-    def _teacher_metrics(self, data: DataProto, is_real: torch.BoolTensor, metrics: dict) -> None:
-        """pMI, baseline and the sanity gap, over samples with a teacher context (padding rows excluded)."""
+    def _teacher_metrics(
+        self, data: DataProto, is_real: torch.BoolTensor, metrics: dict, sanity_rows: torch.BoolTensor | None = None
+    ) -> None:
+        """pMI, baseline and the sanity gap, over samples with a teacher context (padding rows excluded); the gap
+        over ``sanity_rows`` (shape (B,)), the rows without context whose plain teacher row was scored."""
         b = data.batch
         context = b["self_distillation_mask"].bool()
         mask = b["response_mask"] * b["self_distillation_mask"][:, None]
@@ -313,9 +355,11 @@ class CreditTrainer(PPOTrainerSync):
                 contrast_gap = torch.where(mask.bool(), b["teacher_log_probs"] - baseline, 0.0)
                 metrics["credit/contrast_gap_mean"] = contrast_gap.sum(-1)[context].mean().item()
                 metrics["credit/baseline_token_mean"] = (baseline.sum() / mask.sum()).item()
-        # Rows without context were scored under their original prompt: a ``current`` teacher must
-        # reproduce ``old_log_probs`` there (a check of the layout); other teachers show their drift.
+        # Rows without context scored under their original prompt: a ``current`` teacher must reproduce
+        # ``old_log_probs`` there (a check of the layout); other teachers show their drift.
         plain = (~context) & (b["response_mask"].sum(-1) > 0) & is_real
+        if sanity_rows is not None:
+            plain = plain & sanity_rows
         if plain.any():
             gap = torch.where(b["response_mask"].bool(), (b["teacher_log_probs"] - b["old_log_probs"]).abs(), 0.0)[
                 plain
@@ -379,7 +423,7 @@ class CreditTrainer(PPOTrainerSync):
         for key in TEACHER_BATCH_KEYS:
             if key in teacher:
                 data.batch[key] = teacher[key]
-        self._teacher_metrics(data, is_real, metrics)
+        self._teacher_metrics(data, is_real, metrics, teacher.get("teacher_sanity_rows"))
 
         if self.config.algorithm.use_kl_in_reward:
             data, kl_metrics = apply_kl_penalty(

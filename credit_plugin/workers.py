@@ -27,6 +27,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torch.distributed.tensor import DTensor
 from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
 from verl.utils import tensordict_utils as tu
+from verl.utils.device import get_torch_device
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
@@ -119,11 +120,20 @@ SINGLE, INDEX = "model.safetensors", "model.safetensors.index.json"
 
 
 @torch.no_grad()
-def ema_update_(teacher: list[nn.Module], student: list[nn.Module], rate: float) -> float:
+def ema_update_(
+    teacher: list[nn.Module],
+    student: list[nn.Module],
+    rate: float,
+    master: dict[str, torch.Tensor] | None = None,
+    master_device: str | torch.device | None = None,
+) -> float:
     """In place ``teacher <- (1 - rate) * teacher + rate * student`` over local shards.
 
-    The teacher must be stored in fp32 (or fp64): in bf16 a step of ``rate * (student - teacher)`` falls
-    below the storage resolution and the EMA loses its updates.
+    The EMA state must be fp32 (or fp64): in bf16 a step of ``rate * (student - teacher)`` falls below the
+    storage resolution and the EMA loses its updates. A teacher stored in fp32 is the state itself. A teacher
+    stored in a lower precision (verl's Megatron engine accepts only bf16/fp16) needs ``master``: an fp32 copy
+    of each local shard, keyed ``"{chunk}.{name}"``, created from the teacher's own weights on the first step
+    (on ``master_device``, default the shard's device); each step updates it and casts it into the shard.
 
     Returns:
         The largest absolute change ``rate * |student - teacher|`` of any parameter on this rank (a cheap check
@@ -132,26 +142,61 @@ def ema_update_(teacher: list[nn.Module], student: list[nn.Module], rate: float)
     if len(teacher) != len(student):
         raise ValueError(f"EMA teacher has {len(teacher)} model chunks, the actor {len(student)}")
     largest = 0.0
-    for teacher_chunk, student_chunk in zip(teacher, student, strict=True):
+    for number, (teacher_chunk, student_chunk) in enumerate(zip(teacher, student, strict=True)):
         student_params = dict(student_chunk.named_parameters())
         for name, param in teacher_chunk.named_parameters():
             if name not in student_params:
                 raise KeyError(f"EMA teacher parameter {name!r} has no actor counterpart (different layouts)")
             target = _local(param.data)
+            state = target
             if target.dtype not in EMA_DTYPES:
-                raise ValueError(
-                    f"credit.teacher=ema: the ref engine stores {name!r} in {target.dtype}, where an EMA step of "
-                    f"rate {rate} is lost to rounding; set actor_rollout_ref.ref.fsdp_config.model_dtype=fp32"
-                )
-            source = _local(student_params[name].data).to(device=target.device, dtype=target.dtype)
-            if source.shape != target.shape:
-                raise ValueError(
-                    f"EMA shard shapes differ for {name!r}: {tuple(source.shape)} vs {tuple(target.shape)}"
-                )
-            for old, new in zip(target.reshape(-1).split(_CHUNK), source.reshape(-1).split(_CHUNK), strict=True):
+                if master is None:
+                    raise ValueError(
+                        f"credit.teacher=ema: the ref engine stores {name!r} in {target.dtype}, where an EMA step of "
+                        f"rate {rate} is lost to rounding; set actor_rollout_ref.ref.fsdp_config.model_dtype=fp32 "
+                        "(FSDP), or keep an fp32 master copy (the Megatron worker does)"
+                    )
+                key = f"{number}.{name}"
+                if key not in master:
+                    master[key] = target.to(device=master_device or target.device, dtype=torch.float32, copy=True)
+                state = master[key]
+            source = _local(student_params[name].data).to(device=state.device, dtype=state.dtype)
+            if source.shape != state.shape:
+                raise ValueError(f"EMA shard shapes differ for {name!r}: {tuple(source.shape)} vs {tuple(state.shape)}")
+            for old, new in zip(state.reshape(-1).split(_CHUNK), source.reshape(-1).split(_CHUNK), strict=True):
                 largest = max(largest, rate * float((new - old).abs().max()))
-            target.lerp_(source, rate)
+            state.lerp_(source, rate)
+            if state is not target:
+                target.copy_(state)  # rounds the fp32 state into the teacher's storage dtype
     return largest
+
+
+def _loaded(engine):
+    """verl's own load/offload context of ``engine`` when its parameters are offloaded, else nothing.
+
+    With ``param_offload`` verl moves the parameters to the host after each call and frees their device storage
+    (Megatron resizes the DDP buffers' ``param_data`` to 0: reading a shard then fails with "data is not
+    allocated"); ``eval_mode`` loads them back for the duration and offloads them again on exit (no optimizer
+    state, no gradient zeroing, unlike ``train_mode``).
+    """
+    return engine.eval_mode() if engine.is_param_offload_enabled else nullcontext()
+
+
+def ema_step(actor_engine, ref_engine, rate: float, master: dict[str, torch.Tensor]) -> float:
+    """One EMA step of verl engine ``ref_engine`` towards ``actor_engine`` on this rank (see :func:`ema_update_`).
+
+    Both engines run inside their load/offload context (:func:`_loaded`). A Megatron ref engine (bf16 or fp16
+    by verl's config) keeps its fp32 state in ``master``, on the host when the ref engine is offloaded.
+    """
+    with _loaded(actor_engine), _loaded(ref_engine):
+        if actor_engine.is_param_offload_enabled or ref_engine.is_param_offload_enabled:
+            # verl fills host copies of offloaded shards with non-blocking device-to-host copies (FSDP2:
+            # ``offload_fsdp2_model_to_cpu``, whose comment asks host readers to synchronise first), and the
+            # FSDP ref engine keeps its shards in host memory; lerp_ on a host tensor reads it at once, not in
+            # stream order, so wait for every pending copy before any shard is read.
+            get_torch_device().synchronize()
+        device = "cpu" if ref_engine.is_param_offload_enabled else None
+        return ema_update_(_engine_modules(ref_engine), _engine_modules(actor_engine), rate, master, device)
 
 
 class ShardedSafetensorsWriter:
@@ -217,6 +262,38 @@ def read_teacher_weights(folder: str) -> dict[str, torch.Tensor]:
     for name in files:
         state.update(load_file(os.path.join(folder, name)))
     return state
+
+
+def full_state_items(module: nn.Module):
+    """``(name, full tensor)`` of ``module``'s state dict under its own keys, one tensor at a time.
+
+    The module's keys (``state_dict``), not an inference engine's export: a mixture-of-experts layer keeps its
+    packed expert tensors (``mlp.experts.gate_up_proj``), so :func:`load_full_state` reloads them strictly.
+    FSDP2 shards (``DTensor``) are gathered one by one (collective: every rank walks the whole generator), on the
+    device of their mesh, since a host-offloaded shard cannot be gathered over an accelerator's process group;
+    FSDP1 goes through torch's full-state-dict reader (rank 0 holds it, on the host).
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if isinstance(module, FullyShardedDataParallel):
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        yield from get_model_state_dict(module, options=options).items()
+        return
+    for name, value in module.state_dict().items():
+        if isinstance(value, DTensor):
+            mesh_device = value.device_mesh.device_type
+            value = (value if value.device.type == mesh_device else value.to(mesh_device)).full_tensor()
+        yield name, value
+
+
+def load_full_state(module: nn.Module, state: dict[str, torch.Tensor] | None) -> None:
+    """Load a full state dict (module keys, strict) into ``module``'s shards; ``state`` is read on rank 0 only
+    (None elsewhere) and broadcast, so the other ranks never read the files."""
+    distributed = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=distributed, strict=True)
+    set_model_state_dict(module, state if state is not None else {}, options=options)
 
 
 def rotate_teacher_checkpoints(root: str, max_to_keep: int | None) -> list[str]:
@@ -319,21 +396,35 @@ class CreditActorRolloutRefWorker(ActorRolloutRefWorker):
             raise RuntimeError(f"the EMA teacher needs a worker with role actor_rollout_ref, got {self.role!r}")
         if is_megatron(self.actor.engine):
             check_same_layout(self.ref.engine.engine_config, self.actor.engine.engine_config, teacher="ema")
-        return ema_update_(_engine_modules(self.ref.engine), _engine_modules(self.actor.engine), rate)
+        return ema_step(self.actor.engine, self.ref.engine, rate, self._ema_master())
+
+    def _ema_master(self) -> dict[str, torch.Tensor]:
+        """This rank's fp32 EMA state of a ref engine stored in bf16/fp16 (empty for an fp32 ref): created on
+        the first EMA step from the ref's weights, dropped when :meth:`load_teacher` replaces them."""
+        if not hasattr(self, "_credit_ema_master"):
+            self._credit_ema_master: dict[str, torch.Tensor] = {}
+        return self._credit_ema_master
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def save_teacher(self, local_path: str, max_to_keep: int | None = None) -> None:
+    def save_teacher(self, local_path: str) -> None:
         """Write the teacher's full weights (HF names) to ``local_path`` from rank 0, shard by shard.
 
-        Gathering the full tensors is collective: every rank walks the whole generator (FSDP's gathered
-        state, or Megatron's bridge export across its tensor/pipeline-parallel ranks), but only rank 0 copies
+        FSDP writes the module's own state-dict keys (:func:`full_state_items`), Megatron the bridge's Hugging
+        Face export. Gathering the full tensors is collective: every rank walks the whole generator (FSDP's
+        gathered tensors, or Megatron's bridge export across its tensor/pipeline-parallel ranks), but only rank 0 copies
         them to CPU, into files of at most ``MAX_SHARD_BYTES``, so its host memory stays bounded. For Megatron
         the model's HF config goes next to them, so that the folder loads like a Hugging Face checkpoint.
-        Then rank 0 keeps only the newest ``max_to_keep`` teacher folders next to ``local_path``'s step folder.
+        Rotating old teacher folders is the trainer's (after verl marks the checkpoint complete).
         """
         if self.ref is None:
             raise RuntimeError(f"save_teacher needs a worker with a ref engine, got role {self.role!r}")
-        params, _ = self.ref.engine.get_per_tensor_param()
+        if is_megatron(self.ref.engine):
+            params, _ = self.ref.engine.get_per_tensor_param()
+        else:
+            # The module's own keys, not verl's per-tensor export (an inference engine's layout, e.g. per-expert
+            # tensors of a mixture-of-experts layer that the module packs), so that load_teacher can reload them.
+            (module,) = _engine_modules(self.ref.engine)
+            params = full_state_items(module)
         writer = ShardedSafetensorsWriter(local_path) if torch.distributed.get_rank() == 0 else None
         for name, tensor in params:
             if writer is not None:
@@ -342,19 +433,19 @@ class CreditActorRolloutRefWorker(ActorRolloutRefWorker):
             writer.close()
             if is_megatron(self.ref.engine):
                 self.ref.engine.model_config.hf_config.save_pretrained(local_path)
-            rotate_teacher_checkpoints(os.path.dirname(os.path.dirname(os.path.abspath(local_path))), max_to_keep)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def load_teacher(self, local_path: str) -> None:
         """Load weights written by :meth:`save_teacher` into the ref engine (resuming an EMA run).
 
-        Every rank reads the file and keeps its own shards: FSDP through torch's full-state-dict loader,
-        Megatron through the engine's own bridge (as it loaded the initial model), which splits the full
-        weights over the current TP/PP layout.
+        FSDP: rank 0 reads the files (module keys, see :meth:`save_teacher`) and torch's full-state-dict loader
+        broadcasts them into every rank's shards. Megatron: the engine's own bridge (as it loaded the initial
+        model) splits the full weights over the current TP/PP layout, every rank reading what its shards need.
         """
         if self.ref is None:
             raise RuntimeError(f"load_teacher needs a worker with a ref engine, got role {self.role!r}")
         engine = self.ref.engine
+        self._ema_master().clear()  # the EMA state restarts from the loaded weights
         if is_megatron(engine):
             if not os.path.exists(os.path.join(local_path, "config.json")):
                 raise FileNotFoundError(
@@ -369,5 +460,5 @@ class CreditActorRolloutRefWorker(ActorRolloutRefWorker):
         modules = _engine_modules(engine)
         if len(modules) != 1:
             raise NotImplementedError(f"expected one FSDP module in the ref engine, got {len(modules)}")
-        state = read_teacher_weights(local_path)
-        set_model_state_dict(modules[0], state, options=StateDictOptions(full_state_dict=True))
+        rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+        load_full_state(modules[0], read_teacher_weights(local_path) if rank0 else None)

@@ -31,6 +31,9 @@ DESCRIPTIONS = {
     "per sample)",
     "contrast_centering": "`none`, or `batch`: subtract the contrast term's mean over the batch's scored tokens, "
     "so it moves credit between tokens without shifting every advantage",
+    "contrast_swap": "the other input of a contrast variant: `prompt`, the negative's whole prompt (every "
+    "message, system prompt included), or `question`, only its last user turn inside the sample's own messages; "
+    "the teacher and the `pmi` student swap the same thing (docs/method.md)",
     "num_negatives": "K, prompts of other prompt groups (never the sample's own uid) scored per sample, drawn "
     "without replacement; the baseline's variance falls like 1/K",
     "negative_aggregate": "how the K negatives' teacher log-probs combine: `mean` or `logmeanexp`",

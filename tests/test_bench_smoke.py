@@ -18,6 +18,7 @@ K = 4  # the bench's number of negatives, in quick mode too
 EXPECTED = {
     "math": {"sdpo_token_rewards", f"credit_token_rewards_mean_K{K}", f"credit_token_rewards_logmeanexp_K{K}"},
     "teacher_build": {"build_sdpo", f"build_credit_K{K}"},
+    "teacher_rows": {f"teacher_rows_K{K}"},
     "reward": {"code_serial", "code_parallel_8"},
 }
 
@@ -46,5 +47,14 @@ def test_quick_bench_writes_every_section(tmp_path):
     # K negatives: 1 + K variants of every sample, each nearly as long as SDPO's single one.
     assert 0.9 * (1 + K) < build[f"build_credit_K{K}"]["tokens_ratio"] < 1.1 * (1 + K)
     assert build["build_sdpo"]["samples"] == build[f"build_credit_K{K}"]["samples"] > 0
+    # About half the samples without a context: their 1 + K rows are not sent (one plain row is, for the sanity
+    # metric), so the saving is about (1 - context_fraction) of the rows and tokens of all variants.
+    rows = results["teacher_rows"][f"teacher_rows_K{K}"]
+    assert 0.3 < rows["context_fraction"] < 0.7
+    assert rows["rows_all_variants"] == (1 + K) * rows["samples"]
+    skipped = round((1 - rows["context_fraction"]) * rows["samples"])
+    assert rows["rows_sent"] == rows["rows_all_variants"] - (1 + K) * skipped + 1
+    assert rows["tokens_sent"] < rows["tokens_all_variants"]
+    assert rows["tokens_saved_fraction"] > 0.8 * (1 - rows["context_fraction"]) - 0.1
     assert report["machine"]["cpus"] >= 1 and report["machine"]["torch"]
     assert all(row["samples"] == 8 and row["samples_per_s"] > 0 for row in results["reward"].values())

@@ -75,6 +75,7 @@ COMMAND_LINE_VALUES = {
     "contrast_coef": ("0.5", 0.5),
     "contrast_form": ("logprob", "logprob"),
     "contrast_centering": ("batch", "batch"),
+    "contrast_swap": ("question", "question"),
     "num_negatives": ("3", 3),
     "negative_aggregate": ("logmeanexp", "logmeanexp"),
     "negative_seed": ("7", 7),

@@ -28,14 +28,6 @@ from credit_plugin.trainer import REF_TEACHERS, TRAINER_MODE, CreditTrainer, che
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
-# Issue 18: verl's Megatron engine holds the ref in bf16 (McoreEngineConfig accepts bfloat16/float16 only), where
-# the EMA teacher's in-place step is lost; the worker refuses it after the first actor update, so the start-up
-# check refuses it first. Remove this mark when the EMA runs on a bf16 Megatron ref.
-MEGATRON_EMA = pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="issue 18: credit.teacher=ema on verl's bf16 Megatron ref engine (the EMA step is lost to bf16 rounding)",
-)
 
 
 def _load(path: Path):
@@ -138,8 +130,9 @@ def test_gpu_smoke_run_starts(algo, tmp_path):
     start_up(_smoke(algo, tmp_path))
 
 
-@pytest.mark.parametrize("name", [pytest.param(name, marks=MEGATRON_EMA) for name in MEGATRON_NAMES])
+@pytest.mark.parametrize("name", MEGATRON_NAMES)
 def test_megatron_recipe_starts_as_shipped(name, tmp_path):
+    # verl's Megatron ref is bf16; the worker keeps the EMA state in an fp32 copy of each shard (issue 18)
     config = _megatron(name, None, tmp_path)
     assert config.credit.teacher == "ema" and config.actor_rollout_ref.ref.megatron.dtype == "bfloat16"
     start_up(config)

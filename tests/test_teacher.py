@@ -78,7 +78,9 @@ def rows(batch, key):
 
 
 def variant_prompt(batch, key_rows, variant, sample):
-    return key_rows[variant * batch.num_samples + sample]
+    row = int(batch.row_index[variant, sample])
+    assert row >= 0, f"variant {variant} of sample {sample} was not scored"
+    return key_rows[row]
 
 
 # --- context selection ------------------------------------------------------------------------------
@@ -118,17 +120,22 @@ def test_exact_layout_prompt_is_the_chat_rendering_and_response_ids_are_unchange
         question(1),  # nothing
         reprompt(question(1), feedback="wrong unit"),
     ]
-    for i, content in enumerate(expected_contents):
-        expected = chat_ids(tokenizer, conversation(content), **THINKING_OFF)
-        assert prompts[i] == expected, f"sample {i}"
-        assert tokenizer.decode(expected).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
-        assert responses[i] == kwargs["responses"][i]
-        assert input_ids[i] == expected + kwargs["responses"][i]
     assert batch.self_distillation_mask.tolist() == [0.0, 1.0, 0.0, 1.0]
+    # Sample 2 has no context and is not the first such (sample 0, the sanity row): none of its rows is sent.
+    assert batch.row_index.tolist() == [[0, 1, -1, 2], [-1, 3, -1, 4]] and batch.num_rows == 5
+    for i, content in enumerate(expected_contents):
+        if i == 2:
+            continue
+        expected = chat_ids(tokenizer, conversation(content), **THINKING_OFF)
+        row = int(batch.row_index[0, i])
+        assert prompts[row] == expected, f"sample {i}"
+        assert tokenizer.decode(expected).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+        assert responses[row] == kwargs["responses"][i]
+        assert input_ids[row] == expected + kwargs["responses"][i]
     for row, ids in enumerate(input_ids):
         assert batch.data["position_ids"][row].tolist() == list(range(len(ids)))
     assert rows(batch, "response_mask") == rows(batch, "loss_mask")
-    assert rows(batch, "response_mask")[:4] == kwargs["response_mask"]
+    assert rows(batch, "response_mask")[:3] == [kwargs["response_mask"][i] for i in (0, 1, 3)]
     assert tu.get(batch.data, "temperature") == 1.0 and tu.get(batch.data, "compute_loss") is False
     assert tu.get(batch.data, "max_seq_len") == max(len(ids) for ids in input_ids)
 
@@ -150,7 +157,11 @@ def test_no_context_rows_use_the_rollout_prompt_ids_when_given(tokenizer):
     batch = build_teacher_batch(**kwargs, prompts=rollout)
     prompts = rows(batch, "prompts")
     assert batch.self_distillation_mask.tolist() == [0.0, 1.0, 0.0, 0.0]
-    assert [prompts[i] == rollout[i] for i in range(4)] == [True, False, True, True]
+    # the plain row of the first sample without context (the sanity row) is its rollout prompt; the other
+    # samples without context are not scored
+    assert variant_prompt(batch, prompts, 0, 0) == rollout[0]
+    assert variant_prompt(batch, prompts, 0, 1) != rollout[1]
+    assert batch.row_index[:, 2:].eq(-1).all() and batch.row_index[1:, 0].eq(-1).all()
 
 
 # --- negatives ----------------------------------------------------------------------------------------
@@ -162,7 +173,8 @@ def test_contrast_rows_swap_only_the_question_for_that_of_another_uid(tokenizer)
     feedback = ["", "", "too long", "", "", "", "", ""]
     kwargs = make_batch(tokenizer, uids, scores, feedback, config=CreditConfig(num_negatives=3))
     batch = build_teacher_batch(**kwargs)
-    assert batch.negatives.shape == (8, 3) and batch.num_rows == 4 * 8
+    with_context = int(batch.self_distillation_mask.sum())
+    assert batch.negatives.shape == (8, 3) and batch.num_rows == 4 * with_context + 1 and with_context == 3
     questions = {u: question(n) for n, u in enumerate(dict.fromkeys(uids))}
     prompts, responses = rows(batch, "prompts"), rows(batch, "responses")
     for i in range(8):
@@ -172,9 +184,9 @@ def test_contrast_rows_swap_only_the_question_for_that_of_another_uid(tokenizer)
         fb = "too long" if i == 2 else None
         for k, j in enumerate(batch.negatives[i].tolist()):
             if solution is None and fb is None:
-                content = questions[uids[j]]
-            else:
-                content = reprompt(questions[uids[j]], solution=solution, feedback=fb)
+                assert batch.row_index[k + 1, i] == -1, "no context: the contrast variants are not scored"
+                continue
+            content = reprompt(questions[uids[j]], solution=solution, feedback=fb)
             assert variant_prompt(batch, prompts, k + 1, i) == chat_ids(
                 tokenizer, conversation(content), **THINKING_OFF
             ), f"sample {i} negative {k}"
@@ -252,8 +264,12 @@ def test_feedback_and_solution_options(tokenizer, options, expected_contents, ma
     assert batch.self_distillation_mask.tolist() == [float(m) for m in mask]
     prompts = rows(batch, "prompts")
     for i, content in enumerate(expected_contents):
-        if content is not None:
-            assert prompts[i] == chat_ids(tokenizer, conversation(content), **THINKING_OFF), f"sample {i}"
+        if batch.row_index[0, i] < 0:
+            assert not mask[i], f"sample {i} has a context and was not scored"
+        elif content is not None:
+            assert variant_prompt(batch, prompts, 0, i) == chat_ids(tokenizer, conversation(content), **THINKING_OFF), (
+                f"sample {i}"
+            )
 
 
 def test_metrics_report_context_solution_and_feedback_fractions(tokenizer):
@@ -264,6 +280,20 @@ def test_metrics_report_context_solution_and_feedback_fractions(tokenizer):
     assert metrics["credit/teacher/feedback_fraction"] == 0.25
     assert metrics["credit/teacher/feedback_available_fraction"] == 0.5
     assert metrics["credit/teacher/truncated_fraction"] == 0.0
+
+
+def test_a_sample_whose_scoring_failed_gets_no_context_and_no_teacher_rows(tokenizer):
+    # sample 0 has feedback and a successful sibling, so it would get both; its reward failed, so it gets neither
+    kwargs = make_batch(tokenizer, ["a", "a", "b", "b"], [0.0, 1.0, 0.0, 0.0], ["x", "", "", "y"])
+    plain = build_teacher_batch(**kwargs)
+    failed = build_teacher_batch(**kwargs, excluded=[True, False, False, False])
+    assert plain.self_distillation_mask.tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert failed.self_distillation_mask.tolist() == [0.0, 0.0, 0.0, 1.0]
+    assert not failed.has_solution[0] and not failed.uses_feedback[0]
+    # its 1 + K rows are skipped like any sample without a context (one plain row at most, for the sanity metric)
+    assert (failed.row_index[:, 0] >= 0).sum() <= 1 and failed.num_rows < plain.num_rows
+    with pytest.raises(ValueError, match="excluded has 3 entries, expected 4"):
+        build_teacher_batch(**kwargs, excluded=[True, False, False])
 
 
 # --- truncation -------------------------------------------------------------------------------------------
@@ -361,8 +391,9 @@ def test_round_trip_through_verl_dispatch_matches_direct_scoring(tokenizer, tiny
     kwargs["response_mask"][1][2] = 0  # a masked token inside a response (e.g. a tool turn) stays masked
     kwargs["config"] = CreditConfig(num_negatives=2)
     batch = build_teacher_batch(**kwargs, row_multiple=5)
-    assert batch.num_rows == 15 and batch.num_padding_rows == 3
-    assert all(batch.data["loss_mask"][r].sum() == 0 for r in range(12, 15))
+    # samples 1 and 2 have a context (3 rows each), sample 0 is the sanity row, sample 3 is skipped
+    assert batch.num_rows == 10 and batch.num_padding_rows == 3
+    assert all(batch.data["loss_mask"][r].sum() == 0 for r in range(7, 10))
 
     log_probs = emulate_worker(tiny_model, batch.data, dp_size=5, max_token_len=128)
     teacher, contrast = split_teacher_log_probs(log_probs, batch)
@@ -371,17 +402,21 @@ def test_round_trip_through_verl_dispatch_matches_direct_scoring(tokenizer, tiny
     prompts = rows(batch, "prompts")
     mask = batch.response_mask
     for variant in range(3):
-        contexts = [variant_prompt(batch, prompts, variant, i) for i in range(4)]
+        scored = [i for i in range(4) if batch.row_index[variant, i] >= 0]
+        skipped = [i for i in range(4) if i not in scored]
+        contexts = [variant_prompt(batch, prompts, variant, i) if i in scored else prompts[0] for i in range(4)]
         direct, _ = response_log_probs(tiny_model, contexts, kwargs["responses"])
         got = teacher if variant == 0 else contrast[:, variant - 1]
-        torch.testing.assert_close(got, direct * mask, rtol=0, atol=1e-9)
-    assert teacher[1, 2] == 0 and (teacher[mask.bool()] < 0).all()
+        torch.testing.assert_close(got[scored], (direct * mask)[scored], rtol=0, atol=1e-9)
+        assert not got[skipped].any(), "variants not scored read back as 0"
+    assert teacher[1, 2] == 0 and (teacher[:3][mask[:3].bool()] < 0).all()
 
-    # agrees with verl's own readers on the real rows
-    verl_padded = no_padding_2_padding(log_probs, batch.data)[:4]
-    torch.testing.assert_close(teacher, verl_padded[:, : teacher.shape[1]] * mask, rtol=0, atol=0)
+    # agrees with verl's own readers on the scored rows
+    scored = batch.row_index[0] >= 0
+    verl_padded = no_padding_2_padding(log_probs, batch.data)[batch.row_index[0][scored]]
+    torch.testing.assert_close(teacher[scored], verl_padded[:, : teacher.shape[1]] * mask[scored], rtol=0, atol=0)
     verl_nested = response_from_nested(log_probs, batch.data["response_mask"])
-    assert torch.equal(verl_nested[3], teacher[3, : len(kwargs["responses"][3])])
+    assert torch.equal(verl_nested[int(batch.row_index[0, 2])], teacher[2, : len(kwargs["responses"][2])])
 
     # a wider padded layout and a reordered output are handled / refused
     wide, _ = split_teacher_log_probs(log_probs, batch, width=teacher.shape[1] + 5)
@@ -494,9 +529,58 @@ def test_masked_minus_inf_stays_out_of_the_teacher_scores(tokenizer):
     lengths = batch.data["input_ids"].offsets().diff().tolist()
     values = [-torch.rand(n, generator=torch.Generator().manual_seed(n)) for n in lengths]
     response_length = len(kwargs["responses"][1])
-    for row in (1, 1 + batch.num_samples):  # sample 1, original and contrast variant
-        position = int(ends[row] - ends[row - 1]) - response_length - 1 + 1  # response token t = 1
+    for row in batch.row_index[:, 1].tolist():  # sample 1, original and contrast variant
+        position = int(ends[row] - (ends[row - 1] if row else 0)) - response_length - 1 + 1  # response token t = 1
         values[row][position] = -float("inf")
     teacher, contrast = split_teacher_log_probs(torch.nested.as_nested_tensor(values, layout=torch.jagged), batch)
     assert torch.isfinite(teacher).all() and torch.isfinite(contrast).all()
     assert teacher[1, 1] == 0 and contrast[1, 0, 1] == 0 and teacher[1, 0] != 0
+
+
+@pytest.mark.parametrize("swap", ["prompt", "question"])
+def test_contrast_variants_and_the_pmi_student_swap_the_same_input_of_a_multi_message_prompt(tokenizer, swap):
+    """ToolAlpaca-like prompts: each group's system message holds its own API docs. The teacher's contrast variant
+    and the student row of ``contrast_form: pmi`` must swap in the same other input (``credit.contrast_swap``):
+    the negative's whole prompt, or only its question inside sample i's messages; they differ only by i's context."""
+    from credit_plugin.teacher.prompts import TeacherPrompts
+
+    uids = ["a", "a", "b", "c"]
+    docs = {uid: f"API docs of tool {uid}: call {uid}_search(query)." for uid in uids}
+    prompt_of = {uid: question(n) for n, uid in enumerate(dict.fromkeys(uids))}
+    raw_prompt = [
+        [{"role": "system", "content": docs[uid]}, {"role": "user", "content": prompt_of[uid]}] for uid in uids
+    ]
+    config = CreditConfig(num_negatives=2, contrast_swap=swap, contrast_form="pmi")
+    kwargs = make_batch(tokenizer, uids, [1.0, 0.0, 0.0, 0.0], ["", "f", "g", ""], raw_prompt=raw_prompt, config=config)
+    rollout_prompts = [chat_ids(tokenizer, messages, **THINKING_OFF) for messages in raw_prompt]
+    teacher = build_teacher_batch(**kwargs, prompts=rollout_prompts)
+    renderer = TeacherPrompts(raw_prompt, [False] * 4, tokenizer, config, THINKING_OFF)
+    pairs = [(i, int(teacher.negatives[i, k])) for k in range(2) for i in range(4)]
+    swapped = renderer.swapped(pairs) if swap == "question" else None
+    student = build_student_contrast_batch(
+        prompts=rollout_prompts,
+        responses=kwargs["responses"],
+        response_mask=kwargs["response_mask"],
+        negatives=teacher.negatives,
+        tokenizer=tokenizer,
+        swapped_prompts=swapped,
+    )
+    teacher_prompts, student_prompts = rows(teacher, "prompts"), rows(student, "prompts")
+    contexts = {1: ("My answer is 0.", None), 2: (None, "g")}  # samples with a context: (solution, feedback)
+    assert teacher.self_distillation_mask.tolist() == [0.0, 1.0, 1.0, 0.0]
+    for k in range(2):
+        for i in range(4):
+            source = int(teacher.negatives[i, k])
+            system = docs[uids[source]] if swap == "prompt" else docs[uids[i]]
+            other = [{"role": "system", "content": system}, {"role": "user", "content": prompt_of[uids[source]]}]
+            assert student_prompts[k * 4 + i] == chat_ids(tokenizer, other, **THINKING_OFF), (swap, i, k)
+            if i in contexts:
+                solution, feedback = contexts[i]
+                reprompted = [other[0], {"role": "user", "content": reprompt(other[1]["content"], solution, feedback)}]
+                want = chat_ids(tokenizer, reprompted, **THINKING_OFF)
+                assert variant_prompt(teacher, teacher_prompts, k + 1, i) == want, (swap, i, k)
+
+
+def test_contrast_swap_is_checked():
+    with pytest.raises(ValueError, match="contrast_swap"):
+        CreditConfig(contrast_swap="system")

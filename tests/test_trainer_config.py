@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
+import re
 
 import numpy as np
 import pytest
@@ -20,16 +22,16 @@ from verl.workers.utils.losses import ppo_loss
 from credit_plugin.config import CONFIG_DIR, CreditConfig
 from credit_plugin.teacher import build_teacher_batch
 from credit_plugin.trainer import (
+    UPSTREAM_COMPUTE_ADVANTAGE_SHA256,
     CreditTrainer,
+    check_ema_ref_dtype,
+    check_mirrored_upstream,
     check_one_output_per_session,
     check_start_up,
     context_loss_scale,
     credit_options,
 )
-from credit_plugin.workers import CreditActorRolloutRefWorker
-
-# The upstream method CreditTrainer._compute_advantage mirrors (kept in the fast suite: no Ray needed).
-UPSTREAM_COMPUTE_ADVANTAGE_SHA256 = "2a4a2aa4a475b228d401959818e0b9019276ce27961c133961de217baa387da7"
+from credit_plugin.workers import CreditActorRolloutRefWorker, ShardedSafetensorsWriter, has_teacher_weights
 
 
 def test_upstream_compute_advantage_is_the_one_the_trainer_mirrors():
@@ -238,16 +240,127 @@ def test_ema_teacher_with_bf16_ref_storage_is_refused_at_start():
     _worker_mapping("credit.teacher=frozen", "actor_rollout_ref.ref.fsdp_config.model_dtype=bf16")
 
 
-def test_ema_teacher_on_a_bf16_megatron_ref_is_refused_before_any_step():
-    # verl's McoreEngineConfig holds bfloat16/float16 only, and ema_update_ refuses both after the first update
-    with pytest.raises(ValueError, match=r"ema needs the ref engine's weights in fp32 .* bfloat16 rounding.*megatron"):
-        check_start_up(_config("model_engine=megatron", "credit.teacher=ema"))
-    for teacher in ("frozen", "trust_region", "current"):
-        assert check_start_up(_config("model_engine=megatron", f"credit.teacher={teacher}")).teacher == teacher
-    # the CPU development path keeps the Megatron ref in float32 (credit_plugin.dev.cpu.megatron)
-    check_start_up(
-        _config("model_engine=megatron", "credit.teacher=ema", "actor_rollout_ref.ref.megatron.dtype=float32")
-    )
+def test_ema_teacher_on_a_bf16_megatron_ref_passes_the_start_up_check():
+    """verl's Megatron ref is bf16 on GPUs (its McoreEngineConfig refuses fp32): the worker keeps the EMA state
+    in fp32 itself, so the start-up check must not refuse it (nor read the FSDP section there)."""
+    config = _config("model_engine=megatron", "credit.teacher=ema")
+    assert config.actor_rollout_ref.ref.strategy == "megatron"
+    assert config.actor_rollout_ref.ref.megatron.dtype == "bfloat16"
+    check_ema_ref_dtype(config.actor_rollout_ref)
+    assert check_start_up(config).teacher == "ema"
+    trainer = CreditTrainer.__new__(CreditTrainer)
+    trainer.config, trainer.credit = config, CreditConfig.from_dict(config.credit)
+    trainer._init_resource_pool_mgr()
+
+
+def test_mirrored_compute_advantage_is_checked_at_start(monkeypatch):
+    check_mirrored_upstream()
+
+    def _compute_advantage(self, batch, metrics):  # another verl build's body
+        return batch
+
+    monkeypatch.setattr(PPOTrainer, "_compute_advantage", _compute_advantage)
+    message = r"mirrors verl 0\.9\.1's PPOTrainer._compute_advantage.*install verl==0\.9\.1"
+    with pytest.raises(RuntimeError, match=message):
+        check_mirrored_upstream()
+    with pytest.raises(RuntimeError, match="PPOTrainer._compute_advantage"):
+        CreditTrainer(_config())
+
+
+@pytest.mark.parametrize("version", ["0.9.0", "0.9.2", "0.9.1.post1", "0.10.0"])
+def test_patches_accept_only_the_verified_verl_release(monkeypatch, version):
+    import verl
+
+    from credit_plugin.patches import SUPPORTED_VERL, compute_advantage_batch_inputs, require_verl
+
+    assert SUPPORTED_VERL == ("0.9.1",)
+    require_verl("p", "0.9.1")
+    monkeypatch.setattr(verl, "__version__", version)
+    message = rf"targets verl 0\.9\.1 only .*found verl {re.escape(version)}; install verl==0\.9\.1"
+    with pytest.raises(RuntimeError, match=message):
+        compute_advantage_batch_inputs.apply()
+
+
+class _CheckpointWorkers:
+    """The two worker-group calls of a checkpoint, writing what the workers write; ``kill_in`` raises
+    ``SystemExit`` inside that call at the given step (a kill mid-save)."""
+
+    def __init__(self, kill_in: str | None = None, kill_step: int | None = None):
+        self.kill_in, self.kill_step, self.loaded = kill_in, kill_step, []
+
+    def _maybe_kill(self, call: str, path: str) -> None:
+        if call == self.kill_in and f"global_step_{self.kill_step}" in path:
+            raise SystemExit(f"killed during {call}")
+
+    def save_checkpoint(self, local_path, remote_path, global_step, max_ckpt_to_keep=None):
+        os.makedirs(local_path, exist_ok=True)
+        self._maybe_kill("save_checkpoint", local_path)
+
+    def save_teacher(self, local_path):
+        writer = ShardedSafetensorsWriter(local_path)
+        writer.add("w", torch.ones(2))
+        self._maybe_kill("save_teacher", local_path)
+        writer.close()
+
+    def load_checkpoint(self, local_path, del_local_after_load=False):
+        self.loaded.append(local_path)
+
+    def load_teacher(self, local_path):
+        self.loaded.append(local_path)
+
+
+def _checkpointing_trainer(tmp_path, workers, *overrides):
+    trainer = CreditTrainer.__new__(CreditTrainer)
+    trainer.config = _config(f"trainer.default_local_dir={tmp_path}", *overrides)
+    trainer.credit = CreditConfig.from_dict(trainer.config.credit)
+    trainer.actor_rollout_wg, trainer.use_critic = workers, False
+
+    class _Loader:
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    class _Callback:
+        def on_save(self, **kwargs):
+            pass
+
+    trainer.train_dataloader, trainer.checkpoint_callback = _Loader(), _Callback()
+    return trainer
+
+
+@pytest.mark.parametrize("kill_in", ["save_teacher", "save_checkpoint"])
+def test_a_kill_during_the_checkpoint_resumes_from_the_last_complete_step(tmp_path, kill_in):
+    """verl marks a step complete (latest_checkpointed_iteration.txt) at the end of its save: the EMA teacher is
+    written before, and old teachers are rotated only after it, so a kill anywhere in between resumes from the
+    previous step with its teacher."""
+    from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
+
+    workers = _CheckpointWorkers(kill_in=kill_in, kill_step=2)
+    trainer = _checkpointing_trainer(tmp_path, workers, "trainer.max_actor_ckpt_to_keep=1")
+    trainer.global_steps = 1
+    trainer._save_checkpoint()
+    trainer.global_steps = 2
+    with pytest.raises(SystemExit):
+        trainer._save_checkpoint()
+    latest = find_latest_ckpt_path(str(tmp_path))
+    assert latest is not None and latest.endswith("global_step_1")
+    assert has_teacher_weights(os.path.join(latest, "teacher")), "the complete step keeps its teacher"
+
+    resumed = _checkpointing_trainer(tmp_path, _CheckpointWorkers(), "trainer.resume_mode=auto")
+    resumed._load_checkpoint()
+    assert resumed.global_steps == 1
+    assert resumed.actor_rollout_wg.loaded == [os.path.join(latest, "actor"), os.path.join(latest, "teacher")]
+
+
+def test_teacher_folders_rotate_after_the_step_is_marked_complete(tmp_path):
+    trainer = _checkpointing_trainer(tmp_path, _CheckpointWorkers(), "trainer.max_actor_ckpt_to_keep=1")
+    for step in (1, 2):
+        trainer.global_steps = step
+        trainer._save_checkpoint()
+    assert (tmp_path / "latest_checkpointed_iteration.txt").read_text() == "2"
+    assert sorted(p.parent.name for p in tmp_path.glob("global_step_*/teacher")) == ["global_step_2"]
 
 
 def test_agent_loops_with_several_outputs_per_session_are_refused():

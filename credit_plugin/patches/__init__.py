@@ -7,13 +7,17 @@ verl's Megatron engine on CPU) live with it, in ``credit_plugin.dev.patches``.
 
 from __future__ import annotations
 
-SUPPORTED_VERL = ("0.9.",)
+# The verl releases every patch (and the trainer's mirrored ``_compute_advantage``) was read and tested against:
+# exact versions, since a patch release may change the code a patch wraps.
+SUPPORTED_VERL = ("0.9.1",)
 
 
 def require_verl(patch: str, version: str) -> None:
     """Raise unless ``version`` is a verl release the patch ``patch`` was written and tested against."""
-    if not version.startswith(SUPPORTED_VERL):
+    if version not in SUPPORTED_VERL:
+        wanted = " or ".join(f"verl=={supported}" for supported in SUPPORTED_VERL)
         raise RuntimeError(
-            f"credit_plugin patch {patch!r} targets verl {SUPPORTED_VERL}, found verl {version}; "
-            f"upgrade credit_plugin or install verl>=0.9.1,<0.10"
+            f"credit_plugin patch {patch!r} targets verl {' or '.join(SUPPORTED_VERL)} only (verified there), "
+            f"found verl {version}; "
+            f"install {wanted}, or a credit_plugin release verified against verl {version}"
         )

@@ -2,10 +2,13 @@
 
 Notation: ``B`` samples, ``K`` negatives (0 when ``contrast_coef == 0``), ``V = 1 + K`` variants, ``T``
 response tokens. Variant ``v = 0`` of sample ``i`` is its reprompt ``reprompt(x_i, z_i)``; variant
-``v = k + 1`` is ``reprompt(x_{sigma_k(i)}, z_i)``: the same messages, solution and feedback blocks,
-with only the user prompt swapped for that of the k-th negative row. Every variant is followed by the
-sample's *unchanged* response token ids. A sample without teacher context keeps its original prompt (its
-rollout ``prompts`` ids when given, else the rendering of ``raw_prompt``), so shapes stay fixed.
+``v = k + 1`` is ``reprompt(x_{sigma_k(i)}, z_i)``: the same solution and feedback blocks with the input of
+the k-th negative row (its whole prompt, or only its question: ``credit.contrast_swap``). Every variant is
+followed by the sample's *unchanged* response token ids. A sample without teacher context gets no distillation
+signal, so none of its variants is scored, except the plain row (variant 0: its original prompt, the rollout
+``prompts`` ids when given, else the rendering of ``raw_prompt``) of the first such sample, for the
+``credit/teacher_sanity_gap`` check; the worker batch holds only the scored rows and ``TeacherBatch.row_index``
+maps them back (skipped entries read back as 0).
 
 :func:`build_teacher_batch` runs the four steps, one module each:
 
@@ -67,6 +70,7 @@ def build_teacher_batch(
     feedback: Sequence[str | None] | None,
     tokenizer: PreTrainedTokenizerBase,
     config: CreditConfig,
+    excluded: Sequence[bool] | None = None,
     response_text: Sequence[str] | None = None,
     prompts: torch.Tensor | Sequence | None = None,
     apply_chat_template_kwargs: Mapping[str, Any] | None = None,
@@ -83,6 +87,7 @@ def build_teacher_batch(
         uid: length B, prompt group of each sample.
         scores: shape (B,), outcome score per sample.
         feedback: length B environment feedback (None or blank for none), or None for no feedback at all.
+        excluded: length B, samples that get no teacher context at all (a failed reward), or None.
         tokenizer: the rollout tokenizer with its chat template.
         config: the ``credit:`` options (templates, thresholds, ``num_negatives``, ``max_reprompt_len``...).
         response_text: length B decoded responses (the demonstrations); decoded with
@@ -114,13 +119,14 @@ def build_teacher_batch(
             )
     prompt_rows = token_rows("prompts", prompts, batch_size) if prompts is not None else None
     scores = torch.as_tensor(scores, dtype=torch.float32).reshape(-1).cpu()
-    for name, value in (("uid", uid), ("scores", scores), ("feedback", feedback), ("response_text", response_text)):
+    named = (("uid", uid), ("scores", scores), ("feedback", feedback), ("excluded", excluded))
+    for name, value in (*named, ("response_text", response_text)):
         if value is not None and len(value) != batch_size:
             raise ValueError(f"{name} has {len(value)} entries, expected {batch_size} (one per sample)")
     if response_text is None:
         response_text = tokenizer.batch_decode([row.tolist() for row in response_rows], skip_special_tokens=True)
 
-    contexts = teacher_contexts(uid, scores, feedback, response_text, config)
+    contexts = teacher_contexts(uid, scores, feedback, response_text, config, excluded)
     num_negatives = 0 if config.is_sdpo else config.num_negatives
     negatives = (
         sample_negatives(uid, num_negatives, generator)
@@ -128,13 +134,20 @@ def build_teacher_batch(
         else torch.empty(batch_size, 0, dtype=torch.long)
     )
     has_context = contexts.mask.bool().tolist()
+    # One plain row of a sample without context is scored for the sanity metric; its other rows are not.
+    sanity = [index for index in range(batch_size) if not has_context[index]][:1]
     sources = torch.cat([torch.arange(batch_size)[:, None], negatives], dim=1).tolist()  # (B, V) prompt rows
     renderer = TeacherPrompts(raw_prompt, has_context, tokenizer, config, apply_chat_template_kwargs)
-    # teacher prompt ids per (sample, variant); rendered in one batch, rollout prompts reused where allowed
+    # teacher prompt ids per scored (sample, variant), None where not scored; rendered in one batch, rollout
+    # prompts reused where allowed
     teacher_prompts: list[list[list[int] | None]] = [[None] * (1 + num_negatives) for _ in range(batch_size)]
     pending = []
     for index in range(batch_size):
+        if not has_context[index] and index not in sanity:
+            continue
         for variant, source in enumerate(sources[index]):
+            if not has_context[index] and variant > 0:
+                break
             if variant == 0 and not has_context[index] and prompt_rows is not None:
                 teacher_prompts[index][0] = prompt_rows[index].tolist()
             else:
@@ -146,8 +159,10 @@ def build_teacher_batch(
     truncated = torch.zeros(batch_size, dtype=torch.bool)
     limit = config.max_reprompt_len
     for index in range(batch_size):
+        if not has_context[index]:
+            continue
         longest = max(len(ids) for ids in teacher_prompts[index])
-        if not has_context[index] or longest <= limit:
+        if longest <= limit:
             continue
         if config.reprompt_truncation == "error":
             raise ValueError(

@@ -105,15 +105,24 @@ def teacher_contexts(
     feedback: Sequence[str | None] | None,
     response_texts: Sequence[str],
     config: CreditConfig,
+    excluded: Sequence[bool] | None = None,
 ) -> TeacherContexts:
-    """Choose each sample's demonstration and feedback by SDPO's rules (see the module docstring)."""
+    """Choose each sample's demonstration and feedback by SDPO's rules (see the module docstring).
+
+    ``excluded`` (length B): samples that get no context whatever their group and feedback (a sample whose
+    scoring failed: its score and feedback say nothing about the response).
+    """
     demonstration = select_demonstrations(
         uids, scores, config.success_threshold, exclude_self=config.dont_reprompt_on_self_success
     )
+    if excluded is not None:
+        demonstration = torch.where(torch.as_tensor(list(excluded), dtype=torch.bool), -1, demonstration)
     solution = [None if j < 0 else response_texts[j] for j in demonstration.tolist()]
     if config.remove_thinking_from_demonstration:
         solution = [None if text is None else remove_thinking(text) for text in solution]
     feedback = feedback if feedback is not None else [None] * len(solution)
+    if excluded is not None:
+        feedback = [None if out else text for text, out in zip(feedback, excluded, strict=True)]
     available = [
         config.include_environment_feedback and isinstance(text, str) and bool(text.strip()) for text in feedback
     ]

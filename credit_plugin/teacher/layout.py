@@ -1,9 +1,11 @@
 """verl's no-padding layout of the teacher pass: the worker input and its budget.
 
 Notation: ``B`` samples, ``K`` negatives, ``V = 1 + K`` variants, ``T`` response tokens. Every variant is
-followed by the sample's *unchanged* response token ids. Row order of the batch sent to the worker: row
-``v * B + i`` is variant ``v`` of sample ``i`` (all originals, then negatives ``k = 0``, ..., ``k = K - 1``),
-followed by padding rows that make the row count a multiple of ``row_multiple``.
+followed by the sample's *unchanged* response token ids. Only scored variants are sent (samples without a
+teacher context are skipped, see ``build_teacher_batch``), variant-major: all scored originals in sample order,
+then the scored variants of negative ``k = 0``, ..., ``k = K - 1``, followed by padding rows that make the row
+count a multiple of ``row_multiple``. ``row_index[v, i]`` is the row of variant ``v`` of sample ``i``, -1 if
+not scored.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ class TeacherBatch:
         negatives: shape (B, K), the batch row whose prompt variant ``k + 1`` uses.
         self_distillation_mask: shape (B,) float, 1 where the sample has a teacher context.
         has_solution, uses_feedback, feedback_available, truncated: shape (B,) bool.
-        prompt_lengths: shape (V, B), token length of each variant's teacher prompt.
+        prompt_lengths: shape (V, B), token length of each scored variant's teacher prompt, 0 where not scored.
         response_mask: shape (B, T) float, the samples' response mask, right-padded.
-        num_padding_rows: rows appended after the ``V * B`` real rows (dropped when reading back).
+        num_padding_rows: rows appended after the scored rows (dropped when reading back).
+        row_index: shape (V, B) long, the row of ``data`` holding variant ``v`` of sample ``i``, -1 where that
+            variant is not scored.
     """
 
     data: TensorDict
@@ -46,6 +50,7 @@ class TeacherBatch:
     prompt_lengths: torch.LongTensor
     response_mask: torch.FloatTensor
     num_padding_rows: int
+    row_index: torch.LongTensor
 
     @property
     def num_samples(self) -> int:
@@ -59,18 +64,26 @@ class TeacherBatch:
     def num_rows(self) -> int:
         return len(self.data)
 
+    @property
+    def sanity_rows(self) -> torch.BoolTensor:
+        """Shape (B,): samples without a teacher context whose plain row (variant 0) was scored."""
+        return (self.row_index[0] >= 0) & ~self.self_distillation_mask.bool()
+
     def metrics(self, prefix: str = "credit/teacher") -> dict[str, float]:
-        """Fractions of samples with a teacher context, a solution, used feedback; prompt lengths."""
+        """Fractions of samples with a teacher context, a solution, used feedback; prompt lengths of the scored
+        rows (``prompt_len_mean``: the variant-0 prompts); rows sent per sample (``rows_per_sample``)."""
         if self.num_samples == 0:
             return {}
+        scored = self.row_index >= 0
         lengths = self.prompt_lengths.float()
         return {
+            f"{prefix}/rows_per_sample": (self.num_rows - self.num_padding_rows) / self.num_samples,
             f"{prefix}/context_fraction": self.self_distillation_mask.mean().item(),
             f"{prefix}/solution_fraction": self.has_solution.float().mean().item(),
             f"{prefix}/feedback_fraction": self.uses_feedback.float().mean().item(),
             f"{prefix}/feedback_available_fraction": self.feedback_available.float().mean().item(),
             f"{prefix}/truncated_fraction": self.truncated.float().mean().item(),
-            f"{prefix}/prompt_len_mean": lengths[0].mean().item(),
+            f"{prefix}/prompt_len_mean": lengths[0][scored[0]].mean().item() if scored[0].any() else 0.0,
             f"{prefix}/prompt_len_max": lengths.max().item(),
         }
 
@@ -120,14 +133,27 @@ def assemble(
     temperature: float,
     row_multiple: int,
 ) -> TeacherBatch:
-    """Lay the ``V * B`` rows out variant-major, pad the row count, and build the :class:`TeacherBatch`."""
+    """Lay the scored rows (``teacher_prompts`` entries that are not None) out variant-major, pad the row count,
+    and build the :class:`TeacherBatch`."""
     batch_size, num_variants = len(teacher_prompts), 1 + negatives.shape[1]
-    prompt_rows = [
-        torch.tensor(teacher_prompts[index][variant], dtype=torch.long)
+    scored = [
+        (variant, index)
         for variant in range(num_variants)
         for index in range(batch_size)
+        if teacher_prompts[index][variant] is not None
     ]
-    data, num_padding = no_padding_rows(prompt_rows, response_rows, mask_rows, tokenizer, temperature, row_multiple)
+    row_index = torch.full((num_variants, batch_size), -1, dtype=torch.long)
+    for row, (variant, index) in enumerate(scored):
+        row_index[variant, index] = row
+    prompt_rows = [torch.tensor(teacher_prompts[index][variant], dtype=torch.long) for variant, index in scored]
+    data, num_padding = no_padding_rows(
+        prompt_rows,
+        [response_rows[index] for _, index in scored],
+        [mask_rows[index] for _, index in scored],
+        tokenizer,
+        temperature,
+        row_multiple,
+    )
     return TeacherBatch(
         data=data,
         negatives=negatives,
@@ -137,10 +163,12 @@ def assemble(
         feedback_available=contexts.feedback_available,
         truncated=truncated,
         prompt_lengths=torch.tensor(
-            [[len(teacher_prompts[i][v]) for i in range(batch_size)] for v in range(num_variants)], dtype=torch.long
+            [[len(teacher_prompts[i][v] or ()) for i in range(batch_size)] for v in range(num_variants)],
+            dtype=torch.long,
         ).reshape(num_variants, batch_size),
         response_mask=padded_mask(mask_rows),
         num_padding_rows=num_padding,
+        row_index=row_index,
     )
 
 
@@ -157,8 +185,9 @@ def no_padding_rows(
     temperature: float,
     row_multiple: int,
 ) -> tuple[TensorDict, int]:
-    """verl's jagged ``compute_log_prob`` input of ``V * B`` rows: row ``v * B + i`` is ``prompt_rows[v * B + i]``
-    followed by response ``i``; padding rows make the count a multiple of ``row_multiple``.
+    """verl's jagged ``compute_log_prob`` input: row ``r`` is ``prompt_rows[r]`` followed by response
+    ``r % len(response_rows)`` (``response_rows`` repeats when there are fewer of them, as in ``V * B`` rows with
+    row ``v * B + i`` holding response ``i``); padding rows make the count a multiple of ``row_multiple``.
 
     Returns:
         (the TensorDict, the number of padding rows appended).

@@ -1,7 +1,10 @@
 """Teacher prompts: each sample's chat messages with SDPO's reprompt, rendered as rollout renders, and truncation.
 
 - ``{prompt}`` is the content of the last user turn of ``raw_prompt``; the reprompt replaces that content, every
-  other message (system prompt included) is kept. A contrast variant swaps in the question of another row.
+  other message (system prompt included) is kept. A contrast variant of sample ``i`` with negative row ``j``
+  (``credit.contrast_swap``): ``prompt`` takes row ``j``'s messages, the reprompt (``j``'s question, ``i``'s
+  solution and feedback) in ``j``'s last user turn; ``question`` keeps ``i``'s messages and swaps in only ``j``'s
+  question. :meth:`TeacherPrompts.swapped` renders the same swapped input without context (the student side).
 - Rendering is the rollout's: the chat template (with ``apply_chat_template_kwargs``) to text, then ids without
   extra special tokens.
 - ``max_reprompt_len`` bounds the prompt part of every row that carries a teacher context. To keep the chat
@@ -75,23 +78,38 @@ class TeacherPrompts:
         self.tokenizer = tokenizer
         self.config = config
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        self.swap = config.contrast_swap
         self.turns = [_last_user_turn(messages, index) for index, messages in enumerate(raw_prompt)]
         self.questions = [raw_prompt[index][turn]["content"] for index, turn in enumerate(self.turns)]
 
-    def conversation(self, index: int, source: int, solution: str | None, feedback: str | None) -> list[dict]:
-        """Sample ``index``'s messages with the question of row ``source`` and the given context."""
+    def conversation(
+        self, index: int, source: int, solution: str | None, feedback: str | None, context: bool | None = None
+    ) -> list[dict]:
+        """Sample ``index``'s teacher input with row ``source`` as its input: row ``source``'s messages
+        (``contrast_swap: prompt``) or sample ``index``'s with row ``source``'s question (``question``), and the
+        given solution and feedback when sample ``index`` has a context (or ``context`` says so)."""
         content = self.questions[source]
-        if self.has_context[index]:
+        if self.has_context[index] if context is None else context:
             content = reprompt_content(self.config, content, solution, feedback)
-        return _with_user_content(self.raw_prompt[index], self.turns[index], content)
+        messages = source if self.swap == "prompt" else index
+        return _with_user_content(self.raw_prompt[messages], self.turns[messages], content)
+
+    def swapped(self, pairs: Sequence[tuple[int, int]]) -> list[list[int]]:
+        """Token ids of each ``(index, source)`` input without any context: the other input of a contrast variant
+        exactly as the teacher sees it, for the student side of ``contrast_form: pmi``."""
+        conversations = [self.conversation(index, source, None, None, context=False) for index, source in pairs]
+        return self._render(conversations)
 
     def render(self, requests: Sequence[tuple[int, int, str | None, str | None]]) -> list[list[int]]:
         """Token ids of each ``(index, source, solution, feedback)`` conversation, rendered in one batch exactly
         as rollout does it (chat template to text, then ids without extras)."""
-        if not requests:
+        return self._render([self.conversation(*request) for request in requests])
+
+    def _render(self, conversations: list[list[dict]]) -> list[list[int]]:
+        if not conversations:
             return []
         texts = self.tokenizer.apply_chat_template(
-            [self.conversation(*request) for request in requests],
+            conversations,
             tokenize=False,
             add_generation_prompt=True,
             **self.chat_template_kwargs,

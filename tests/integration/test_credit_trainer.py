@@ -42,6 +42,10 @@ SAMPLES = [
     (2, "Answer: 321", 0.0, ""),
     (2, "Answer: 312", 0.0, None),
 ]
+# Samples 1-3 have a teacher context; of the others only the first's plain row is scored (the sanity gap).
+CONTEXT_SAMPLES = 3
+TEACHER_ROWS = (1 + K) * CONTEXT_SAMPLES + 1
+STUDENT_ROWS = K * CONTEXT_SAMPLES
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +236,7 @@ def test_compute_advantage_equals_the_credit_formula(stack, model_dir, tokenizer
     method = "compute_log_prob" if teacher == "current" else "compute_ref_log_prob"
     advantages, metrics, calls = _run_compute_advantage(trainer, worker_group, (method,), prefix=f"{teacher}-")
 
-    assert calls[method] == [(1 + K) * len(SAMPLES)], "all 1+K variants of every sample in one worker call"
+    assert calls[method] == [TEACHER_ROWS], "all 1+K variants of every sample with a context in one worker call"
     uids = np.array([f"{teacher}-{group}" for group, *_ in SAMPLES], dtype=object)
     expected = _expected_advantages(model_dir, tokenizer, trainer.credit, uids)
     _assert_rows_close(advantages, expected, metrics["credit/loss_scale"])
@@ -255,11 +259,10 @@ def test_pmi_form_subtracts_the_policys_scores_under_the_swapped_prompts(stack, 
     finally:
         config.credit.contrast_form = CreditConfig().contrast_form
 
-    rows = len(SAMPLES)
-    teacher_calls = [(1 + K) * rows] if teacher == "current" else []
-    assert calls["compute_log_prob"] == [*teacher_calls, K * rows]
+    teacher_calls = [TEACHER_ROWS] if teacher == "current" else []
+    assert calls["compute_log_prob"] == [*teacher_calls, STUDENT_ROWS]
     if teacher != "current":
-        assert calls["compute_ref_log_prob"] == [(1 + K) * rows]
+        assert calls["compute_ref_log_prob"] == [TEACHER_ROWS]
     uids = np.array([f"pmi-{teacher}-{group}" for group, *_ in SAMPLES], dtype=object)
     expected = _expected_advantages(model_dir, tokenizer, trainer.credit, uids)
     _assert_rows_close(advantages, expected, metrics["credit/loss_scale"])
@@ -287,7 +290,7 @@ def test_trust_region_teacher_mixes_frozen_and_current_logits(stack, model_dir, 
     finally:
         worker_group.load_teacher(str(tmp_path / "initial"))
 
-    assert calls["compute_trust_region_log_prob"] == [(1 + K) * len(SAMPLES)], "all 1+K variants in one call"
+    assert calls["compute_trust_region_log_prob"] == [TEACHER_ROWS], "all 1+K variants in one call"
 
     def mixed(prompt, response):
         return torch.lerp(response_logits(frozen, prompt, response), response_logits(actor, prompt, response), TAU)

@@ -11,7 +11,15 @@ import torch
 import transfer_queue as tq
 from conftest import label_log_probs, load_model, random_tiny_qwen2, response_logits
 from safetensors.torch import load_file, save_file
-from test_credit_trainer import SAMPLES, K, _assert_rows_close, _chat, _expected_advantages, _run_compute_advantage
+from test_credit_trainer import (
+    SAMPLES,
+    TEACHER_ROWS,
+    K,
+    _assert_rows_close,
+    _chat,
+    _expected_advantages,
+    _run_compute_advantage,
+)
 from test_credit_trainer import _trainer as _fsdp_trainer
 from verl.workers.utils.padding import response_from_nested
 
@@ -113,7 +121,7 @@ def _advantages(stack, tokenizer, tp: int, teacher: str, prefix: str):
 def test_teacher_pass_at_tp2_equals_the_credit_formula_and_tp1(stack, model_dir, tokenizer, teacher):
     advantages, metrics, calls = _advantages(stack, tokenizer, 2, teacher, prefix=f"mcore-{teacher}-")
     (method,) = calls
-    assert calls[method] == [(1 + K) * len(SAMPLES)], "all 1+K variants of every sample in one worker call"
+    assert calls[method] == [TEACHER_ROWS], "all 1+K variants of every sample with a context in one worker call"
     uids = np.array([f"mcore-{teacher}-{group}" for group, *_ in SAMPLES], dtype=object)
     trainer = _trainer(stack[0][2], stack[1][2], tokenizer, teacher)
     expected = _expected_advantages(model_dir, tokenizer, trainer.credit, uids)
