@@ -266,7 +266,8 @@ class CreditTrainer(PPOTrainerSync):
                 "add_tail": self.credit.distillation_add_tail,
                 "alpha": self.credit.alpha,
                 "is_clip": self.credit.is_clip,
-                "loss_scale": metrics.get("credit/loss_scale", 1.0),
+                # SDPO's average over samples with a context, of this step's batch (_scale_to_context_mean)
+                "loss_scale": self._logit_loss_scale,
             }
             batch.extra_info["credit_logit"] = json.dumps(options)
         try:
@@ -425,6 +426,7 @@ class CreditTrainer(PPOTrainerSync):
 
         self._advantage_metrics(data, metrics)
         self._scale_to_context_mean(data, is_real, metrics)
+        self._logit_loss_scale = metrics["credit/loss_scale"]
         if logit_fields:
             # the logit-level loss replaces the advantage; verl's PPO loss keeps only its entropy and KL terms
             data.batch["advantages"] = torch.zeros_like(data.batch["advantages"])
