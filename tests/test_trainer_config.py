@@ -48,6 +48,11 @@ def _config(*overrides: str):
             "granularity=logit does not support actor_rollout_ref.model.use_fused_kernels=true",
         ),
         (
+            ["credit.granularity=logit", "actor_rollout_ref.actor.strategy=megatron"],
+            ValueError,
+            "granularity=logit does not support actor_rollout_ref.actor.strategy=megatron",
+        ),
+        (
             ["credit.granularity=logit", "algorithm.use_kl_in_reward=true"],
             ValueError,
             "granularity=logit does not support algorithm.use_kl_in_reward=true",

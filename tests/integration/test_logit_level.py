@@ -4,6 +4,8 @@ teacher pass fills the target, and the actor update's loss is ``credit_plugin.di
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import ray
 import torch
@@ -70,6 +72,49 @@ def _trainer(config, worker_group, tokenizer) -> CreditTrainer:
     trainer.timing_raw = {}
     trainer.advantage_watch = AdvantageDriftWatch()
     return trainer
+
+
+@pytest.mark.parametrize(
+    ("teacher", "topk_source"),
+    [("current", "student"), ("ema", "student"), ("trust_region", "student"), ("current", "teacher")],
+)
+def test_every_teacher_scores_the_support_in_one_call(stack, tiny_model_dir, tokenizer, teacher, topk_source):
+    """Before any update every teacher's weights are the student's: on samples without a teacher context (scored
+    under their own prompt) the teacher's log-probs at the ids are the student's, and its own top-k is the
+    student's. SDPO (lambda 0), so the target is the teacher's log-probs themselves."""
+    config, worker_group = stack
+    trainer = _trainer(config, worker_group, tokenizer)
+    trainer.credit = dataclasses.replace(trainer.credit, teacher=teacher, topk_source=topk_source, contrast_coef=0.0)
+    batch = _store_batch(tokenizer, prefix=f"{teacher}-{topk_source}-")
+    calls = []
+    original = worker_group.compute_teacher_topk
+
+    def counted(data):
+        calls.append(len(data))
+        return original(data)
+
+    metrics: dict = {}
+    batch = trainer._compute_old_log_prob(batch, metrics)
+    worker_group.compute_teacher_topk = counted
+    try:
+        batch = trainer._compute_advantage(batch, metrics)
+    finally:
+        worker_group.compute_teacher_topk = original
+    assert calls == [len(batch)], "one worker call for the teacher pass (SDPO: one variant per sample)"
+    fields = [TOPK_IDS, TARGET_TOPK, DISTILL_MASK, "prompts", "responses"]
+    stored = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=fields)
+    ids, target = unflat_rows(stored[TOPK_IDS], TOPK), unflat_rows(stored[TARGET_TOPK], TOPK)
+    without_context = [row for row, mask in enumerate(stored[DISTILL_MASK].unbind(0)) if mask.sum() == 0]
+    assert len(without_context) == 3
+    model = load_model(tiny_model_dir)
+    for row in without_context:
+        prompt, response = stored["prompts"][row].tolist(), stored["responses"][row].tolist()
+        log_probs = torch.log_softmax(response_logits(model, prompt, response), -1)
+        got = log_probs.gather(-1, ids[row])
+        torch.testing.assert_close(target[row].double(), got, rtol=0, atol=1e-4, msg=f"{teacher}, row {row}")
+        outside = log_probs.scatter(-1, ids[row], float("-inf")).max(-1).values
+        assert torch.all(got.min(-1).values >= outside - 1e-5), f"row {row}: not the top-{TOPK} ({topk_source}'s)"
+    assert metrics["credit/teacher_sanity_gap"] < 1e-4
 
 
 def test_logit_level_step_records_the_students_top_k_and_trains_on_distills_loss(stack, tiny_model_dir, tokenizer):
