@@ -20,7 +20,8 @@ TRUNCATION_SIDES = ("left", "right", "error")
 # message, system prompt included) or only the question (its last user turn, in sample i's own messages).
 CONTRAST_SWAPS = ("prompt", "question")
 # Options of the logit-level loss (``distill.py``); the token path has no use for them.
-LOGIT_OPTIONS = ("topk", "alpha", "distillation_add_tail", "is_clip")
+LOGIT_OPTIONS = ("topk", "alpha", "distillation_add_tail", "is_clip", "topk_source")
+TOPK_SOURCES = ("student", "teacher")
 # Options that verl already has: one setting, read where verl reads it.
 VERL_OPTIONS = {"norm_adv_by_std_in_grpo": "algorithm.norm_adv_by_std_in_grpo"}
 
@@ -49,6 +50,8 @@ class CreditConfig:
     distillation_add_tail: bool = True
     alpha: float = 0.5
     is_clip: float | None = None
+    # whose top-k ids the logit-level loss distils over: the student's (SDPO's default) or the teacher's
+    topk_source: str = "student"
     outcome_mix: float = 0.0
     teacher: str = "ema"
     # tau, SDPO's one option for both teachers that move away from the frozen model: the step of the ``ema``
@@ -73,6 +76,7 @@ class CreditConfig:
         self._check_choice("granularity", GRANULARITIES)
         self._check_choice("teacher", TEACHERS)
         self._check_choice("reprompt_truncation", TRUNCATION_SIDES)
+        self._check_choice("topk_source", TOPK_SOURCES)
         self._check_range("contrast_coef", low=0.0)
         self._check_range("num_negatives", low=1, integer=True)
         self._check_range("topk", low=1, integer=True)
@@ -99,6 +103,33 @@ class CreditConfig:
                     "advantage goes through verl's PPO loss, whose ratio clip is actor.clip_ratio_low/high and "
                     "whose rollout/train mismatch correction is algorithm.rollout_correction); leave it unset"
                 )
+
+        if self.granularity == "logit":
+            self._check_logit_level()
+
+    def _check_logit_level(self) -> None:
+        """Refuse the options that have no meaning at logit level (docs/method.md, "CREDIT at logit level")."""
+        contrast = self.contrast_coef > 0
+        if contrast and self.contrast_form not in ("reward", "logprob"):
+            raise ValueError(
+                f"credit.contrast_form={self.contrast_form} has no logit-level meaning (it needs the student's "
+                "distribution under every swapped prompt); with credit.granularity=logit use reward or logprob"
+            )
+        if self.contrast_centering != "none":
+            raise ValueError(
+                f"credit.contrast_centering={self.contrast_centering} does nothing with credit.granularity=logit "
+                "(a constant shift of log q is removed by its renormalisation); leave it none"
+            )
+        if self.outcome_mix > 0:
+            raise ValueError(
+                "credit.outcome_mix is not defined with credit.granularity=logit (the distillation loss is not an "
+                "advantage to mix with GRPO's); leave it 0 or use credit.granularity=token"
+            )
+        if contrast and self.topk_source == "teacher":
+            raise ValueError(
+                "credit.topk_source=teacher with credit.contrast_coef > 0 is not supported at logit level (the "
+                "contrastive target needs the old student's log-probs on the support); use topk_source=student"
+            )
 
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         value = getattr(self, name)

@@ -360,3 +360,82 @@ def _check_inputs(
         raise ValueError(f"topk={topk} does not match the {k} ids in topk_indices")
     if topk_indices.dtype != torch.int64 or int(topk_indices.min()) < 0 or int(topk_indices.max()) >= vocab:
         raise ValueError(f"topk_indices must be int64 ids in [0, {vocab})")
+
+
+CONTRAST_FORMS_AT_LOGIT = ("reward", "logprob")
+_AGGREGATES = ("mean", "logmeanexp")
+
+
+def bucket(topk_log_probs: torch.Tensor, add_tail: bool) -> torch.Tensor:
+    """The bucketed distribution of top-k log-probs (..., k): with the tail (..., k + 1), else renormalised (..., k)."""
+    return add_tail_bucket(topk_log_probs) if add_tail else renormalize(topk_log_probs)
+
+
+def tail_clamp_active(topk_log_probs: torch.Tensor) -> torch.Tensor:
+    """Where :func:`add_tail_bucket` floors the tail mass: the top-k mass is within machine epsilon of 1.
+
+    Args:
+        topk_log_probs: shape (..., k), log-probs normalised over the full vocabulary.
+
+    Returns:
+        shape (...), bool. There the tail bucket holds ``eps`` instead of its true (smaller) mass, so the loss
+        differs (slightly) from the divergence of the true bucketed distributions.
+    """
+    eps = torch.finfo(topk_log_probs.dtype).eps
+    return torch.logsumexp(topk_log_probs, dim=-1) > -eps
+
+
+@torch.no_grad()
+def contrastive_topk_target(
+    teacher_topk: torch.Tensor,
+    contrast_topk: torch.Tensor | None,
+    student_topk: torch.Tensor | None,
+    contrast_coef: float,
+    add_tail: bool = True,
+    aggregate: str = "mean",
+    form: str = "reward",
+) -> torch.Tensor:
+    """CREDIT's teacher at logit level (docs/method.md, "CREDIT at logit level"), on the bucketed support.
+
+    With ``T``, ``T'_k``, ``S`` the bucketed (tail or renormalised) distributions of the teacher under the
+    reprompt, the teacher under the k-th swapped prompt, and the old student, all at the same ids:
+    ``log q(v) = log T(v) - lambda * (agg_k log T'_k(v) - log S(v))`` (form ``reward``) or
+    ``log q(v) = log T(v) - lambda * agg_k log T'_k(v)`` (form ``logprob``), renormalised over the buckets.
+
+    Args:
+        teacher_topk: shape (B, T, k), teacher log-probs at the ids, normalised over the full vocabulary.
+        contrast_topk: shape (B, K, T, k), the same under K swapped prompts; unused when ``contrast_coef == 0``.
+        student_topk: shape (B, T, k), the old student's log-probs at the ids; form ``reward`` only.
+        contrast_coef: lambda >= 0. At 0 ``teacher_topk`` is returned unchanged (SDPO exactly).
+        add_tail: the support's tail bucket (as the loss's ``distillation_add_tail``).
+        aggregate: ``mean`` or ``logmeanexp`` over the K negatives, per bucket.
+        form: ``reward`` or ``logprob`` (``pmi`` has no logit-level meaning here: refused by the config).
+
+    Returns:
+        shape (B, T, k): log q on the k ids, in the form :func:`bucketed_log_probs` takes (``topk_indices``):
+        with the tail, ``log(1 - sum exp)`` of it is q's tail bucket; without, it sums to 1 over the ids.
+    """
+    if contrast_coef < 0:
+        raise ValueError(f"contrast_coef (lambda) must be >= 0, got {contrast_coef}")
+    if contrast_coef == 0:
+        return teacher_topk
+    if form not in CONTRAST_FORMS_AT_LOGIT:
+        raise ValueError(f"contrast_form must be one of {CONTRAST_FORMS_AT_LOGIT} at logit level, got {form!r}")
+    if aggregate not in _AGGREGATES:
+        raise ValueError(f"negative_aggregate must be one of {_AGGREGATES}, got {aggregate!r}")
+    if contrast_topk is None or contrast_topk.dim() != 4 or contrast_topk.shape[1] == 0:
+        raise ValueError("contrast_topk must have shape (B, K, T, k) with K >= 1 when contrast_coef > 0")
+    if form == "reward" and student_topk is None:
+        raise ValueError("contrast_form=reward at logit level needs the old student's top-k log-probs")
+    dtype = torch.promote_types(teacher_topk.dtype, torch.float32)
+    teacher = bucket(teacher_topk.to(dtype), add_tail)
+    contrast = bucket(contrast_topk.to(dtype), add_tail)
+    if aggregate == "mean":
+        baseline = contrast.mean(dim=1)
+    else:
+        baseline = torch.logsumexp(contrast, dim=1) - math.log(contrast.shape[1])
+    term = baseline - bucket(student_topk.to(dtype), add_tail) if form == "reward" else baseline
+    target = teacher - contrast_coef * term
+    target = target - torch.logsumexp(target, dim=-1, keepdim=True)
+    k = teacher_topk.shape[-1]
+    return target[..., :k]

@@ -181,6 +181,29 @@ class TeacherScorer:
         )
         return split_student_log_probs(self.score(engine, student.data)["log_probs"], student, width=width)
 
+    def teacher_batch(
+        self, data: TensorDict, size: int, tokenizer: PreTrainedTokenizerBase, step: int, engine: TeacherEngine
+    ) -> TeacherBatch:
+        """The teacher batch of the ``size`` samples read from verl's store (``TEACHER_PASS_FIELDS``), padded to
+        ``engine``'s row multiple; negatives drawn for training step ``step``."""
+        return build_teacher_batch(
+            raw_prompt=list(data["raw_prompt"]),
+            responses=data["responses"],
+            response_mask=data["response_mask"],
+            uid=np.array(list(data["uid"]), dtype=object),
+            scores=data["rm_scores"].to_padded_tensor(0.0).sum(-1),
+            feedback=feedback_of(data, size),
+            # a sample whose scoring failed gets no teacher context: its score is not a verdict on the response
+            excluded=reward_failed_of(data, size),
+            tokenizer=tokenizer,
+            config=self.credit,
+            prompts=data["prompts"],
+            apply_chat_template_kwargs=self.config.data.get("apply_chat_template_kwargs", None),
+            generator=negatives_generator(self.credit.negative_seed, step),
+            temperature=self.config.actor_rollout_ref.rollout.temperature,
+            row_multiple=self.row_multiple(engine),
+        )
+
     def teacher_fields(
         self,
         batch: KVBatchMeta,
@@ -201,23 +224,7 @@ class TeacherScorer:
         data = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=list(TEACHER_PASS_FIELDS))
         size = len(real)
         engine = self.engine()
-        teacher = build_teacher_batch(
-            raw_prompt=list(data["raw_prompt"]),
-            responses=data["responses"],
-            response_mask=data["response_mask"],
-            uid=np.array(list(data["uid"]), dtype=object),
-            scores=data["rm_scores"].to_padded_tensor(0.0).sum(-1),
-            feedback=feedback_of(data, size),
-            # a sample whose scoring failed gets no teacher context: its score is not a verdict on the response
-            excluded=reward_failed_of(data, size),
-            tokenizer=tokenizer,
-            config=self.credit,
-            prompts=data["prompts"],
-            apply_chat_template_kwargs=self.config.data.get("apply_chat_template_kwargs", None),
-            generator=negatives_generator(self.credit.negative_seed, step),
-            temperature=self.config.actor_rollout_ref.rollout.temperature,
-            row_multiple=self.row_multiple(engine),
-        )
+        teacher = self.teacher_batch(data, size, tokenizer, step, engine)
         output = self.score(engine, teacher.data)
         teacher_lp, contrast_lp = split_teacher_log_probs(output["log_probs"], teacher, width=width)
         metrics.update(teacher.metrics())

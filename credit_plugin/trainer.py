@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
+import json
 import logging
 import os
 from collections import Counter
@@ -38,6 +39,7 @@ from verl.workers.utils.padding import response_to_nested
 from credit_plugin.config import CreditConfig
 from credit_plugin.diagnostics import AdvantageDriftWatch, token_advantage_stats
 from credit_plugin.estimators import ESTIMATORS, SDPO, TEACHER_BATCH_KEYS
+from credit_plugin.logit_scoring import LogitTeacherScorer, logit_level_fields
 from credit_plugin.patches import SUPPORTED_VERL
 from credit_plugin.registry import TRAINER_MODE, assert_registered
 from credit_plugin.rewards import contrastive_baseline, sdpo_token_rewards
@@ -71,8 +73,8 @@ def credit_options(config: DictConfig) -> CreditConfig:
     estimator = str(config.algorithm.adv_estimator)
     if estimator not in ESTIMATORS:
         raise ValueError(f"trainer_mode=credit needs algorithm.adv_estimator in {ESTIMATORS}, got {estimator!r}")
-    if credit.granularity != "token":
-        raise NotImplementedError("credit.granularity=logit is not wired into the trainer yet; use token")
+    if credit.granularity == "logit":
+        check_logit_level(config)
     return dataclasses.replace(credit, contrast_coef=0.0) if estimator == SDPO else credit
 
 
@@ -98,6 +100,33 @@ def check_mirrored_upstream() -> None:
             f"{UPSTREAM_COMPUTE_ADVANTAGE_SHA256[:12]}...): install verl=={SUPPORTED_VERL[0]}, or a credit_plugin "
             "release that supports this verl"
         )
+
+
+def check_logit_level(config: DictConfig) -> None:
+    """Refuse the verl settings the logit-level path does not serve (docs/method.md, "Logit level"), naming each."""
+    section = config.actor_rollout_ref
+    actor = section.actor
+    refusals = {
+        "actor_rollout_ref.actor.strategy=megatron (the logit level is FSDP-only so far)": actor.get("strategy")
+        == "megatron",
+        "actor_rollout_ref.actor.ulysses_sequence_parallel_size > 1": (
+            actor.get("ulysses_sequence_parallel_size", 1) or 1
+        )
+        > 1,
+        "actor_rollout_ref.model.use_fused_kernels=true (the loss needs the logits)": bool(
+            section.model.get("use_fused_kernels", False)
+        ),
+        "algorithm.use_kl_in_reward=true (at logit level there is no advantage to carry the penalty; use "
+        "actor_rollout_ref.actor.use_kl_loss)": bool(config.algorithm.get("use_kl_in_reward", False)),
+        "algorithm.rollout_correction.bypass_mode=true (the student's top-k comes from the old log-prob pass)": bool(
+            (config.algorithm.get("rollout_correction") or {}).get("bypass_mode", False)
+        ),
+        f"actor_rollout_ref.actor.loss_agg_mode={actor.get('loss_agg_mode')} (use token-mean or "
+        "seq-mean-token-mean)": actor.get("loss_agg_mode", "token-mean") not in ("token-mean", "seq-mean-token-mean"),
+    }
+    refused = [name for name, bad in refusals.items() if bad]
+    if refused:
+        raise ValueError(f"credit.granularity=logit does not support {refused[0]}")
 
 
 def check_one_output_per_session(keys: list[str]) -> None:
@@ -290,8 +319,35 @@ class CreditTrainer(PPOTrainerSync):
     def _ref_in_actor(self) -> bool:
         return ref_in_actor(self.config.actor_rollout_ref)
 
+    def _compute_old_log_prob(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
+        """verl's old log-prob pass; at logit level with the student's support it also records the student's
+        top-k ids and log-probs per response token (``credit_plugin.logit_workers``)."""
+        record = self.credit.granularity == "logit" and self.credit.topk_source == "student"
+        if record:
+            batch.extra_info["credit_topk"] = self.credit.topk
+        try:
+            output = super()._compute_old_log_prob(batch, metrics)
+        finally:
+            batch.extra_info.pop("credit_topk", None)
+        if record:
+            output.extra_info.pop("credit_topk", None)
+        return output
+
     def _update_actor(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
-        batch = super()._update_actor(batch, metrics)
+        if self.credit.granularity == "logit":
+            options = {
+                "topk": self.credit.topk,
+                "add_tail": self.credit.distillation_add_tail,
+                "alpha": self.credit.alpha,
+                "is_clip": self.credit.is_clip,
+                # SDPO's average over samples with a context, of this step's batch (_scale_to_context_mean)
+                "loss_scale": self._logit_loss_scale,
+            }
+            batch.extra_info["credit_logit"] = json.dumps(options)
+        try:
+            batch = super()._update_actor(batch, metrics)
+        finally:
+            batch.extra_info.pop("credit_logit", None)
         if self.credit.teacher == "ema":
             with marked_timer("teacher_ema", self.timing_raw):
                 changes = self.actor_rollout_wg.update_teacher_ema(self.credit.teacher_update_rate)
@@ -336,7 +392,8 @@ class CreditTrainer(PPOTrainerSync):
     def _teacher_scorer(self) -> TeacherScorer:
         """This step's teacher pass over the trainer's worker groups (``credit_plugin.teacher_scoring``)."""
         ref_wg = getattr(self, "ref_policy_wg", None)
-        return TeacherScorer(self.config, self.credit, self.actor_rollout_wg, ref_wg, self._ref_in_actor())
+        scorer = LogitTeacherScorer if self.credit.granularity == "logit" else TeacherScorer
+        return scorer(self.config, self.credit, self.actor_rollout_wg, ref_wg, self._ref_in_actor())
 
     def _teacher_metrics(
         self, data: DataProto, is_real: torch.BoolTensor, metrics: dict, sanity_rows: torch.BoolTensor | None = None
@@ -420,6 +477,7 @@ class CreditTrainer(PPOTrainerSync):
             teacher = self._teacher_scorer().teacher_fields(
                 batch, is_real, width, self.tokenizer, self.global_steps, metrics
             )
+        logit_fields = logit_level_fields(teacher)
         for key in TEACHER_BATCH_KEYS:
             if key in teacher:
                 data.batch[key] = teacher[key]
@@ -455,6 +513,11 @@ class CreditTrainer(PPOTrainerSync):
 
         self._advantage_metrics(data, metrics)
         self._scale_to_context_mean(data, is_real, metrics)
+        self._logit_loss_scale = metrics["credit/loss_scale"]
+        if logit_fields:
+            # the logit-level loss replaces the advantage; verl's PPO loss keeps only its entropy and KL terms
+            data.batch["advantages"] = torch.zeros_like(data.batch["advantages"])
+            data.batch["returns"] = torch.zeros_like(data.batch["returns"])
 
         fields = ["advantages", "returns"]
         if self.config.algorithm.use_kl_in_reward:
@@ -465,5 +528,6 @@ class CreditTrainer(PPOTrainerSync):
                 fields.append("rollout_is_weights")
 
         output = {field: response_to_nested(data.batch[field], response_mask) for field in fields}
+        output.update(logit_fields)
         output = TensorDict(output, batch_size=len(batch))
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)

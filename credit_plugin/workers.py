@@ -31,6 +31,7 @@ from verl.utils.device import get_torch_device
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
+from credit_plugin.logit_workers import LogitLevelWorkerMixin
 from credit_plugin.trust_region_engines import (
     MegatronTrustRegion,
     TrustRegionLogits,
@@ -312,8 +313,9 @@ def rotate_teacher_checkpoints(root: str, max_to_keep: int | None) -> list[str]:
     return removed
 
 
-class CreditActorRolloutRefWorker(ActorRolloutRefWorker):
-    """Adds the EMA and trust-region teachers to verl's hybrid worker; everything else is verl's."""
+class CreditActorRolloutRefWorker(LogitLevelWorkerMixin, ActorRolloutRefWorker):
+    """Adds the EMA and trust-region teachers (and the logit level, ``credit_plugin.logit_workers``) to verl's
+    hybrid worker; everything else is verl's."""
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     def compute_trust_region_log_prob(self, data: TensorDict) -> TensorDict:

@@ -38,9 +38,11 @@ DESCRIPTIONS = {
     "without replacement; the baseline's variance falls like 1/K",
     "negative_aggregate": "how the K negatives' teacher log-probs combine: `mean` or `logmeanexp`",
     "negative_seed": "seed of the negative permutation; with the global step it makes the draw reproducible",
-    "granularity": "`token`: the sampled token's reward is the advantage; `logit`: top-k distillation with a tail "
-    "bucket (not wired into the trainer yet: refused)",
-    "topk": "`logit` granularity: number of teacher logits distilled",
+    "granularity": "`token`: the sampled token's reward is the advantage; `logit`: SDPO's top-k distillation with "
+    "a tail bucket, CREDIT's contrastive target on that support (FSDP only; `docs/method.md`, Logit level)",
+    "topk": "`logit` granularity: number of token ids distilled per response token (clamped to the vocabulary)",
+    "topk_source": "`logit` granularity: whose top-k ids: `student` (SDPO's default, recorded in the old log-prob "
+    "pass) or `teacher` (the teacher's own top-k under the reprompt; SDPO only, `contrast_coef: 0`)",
     "distillation_add_tail": "`logit` granularity: add a bucket for the probability mass outside the top-k",
     "alpha": "`logit` granularity: generalised JSD, `0` forward KL, `1` reverse KL, `0.5` JSD",
     "is_clip": "`logit` granularity: clip of the importance ratio of the distillation term (>= 1; SDPO uses 2.0); "

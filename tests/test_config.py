@@ -84,6 +84,7 @@ COMMAND_LINE_VALUES = {
     "distillation_add_tail": ("false", False),
     "alpha": ("0.25", 0.25),
     "is_clip": ("2.0", 2.0),
+    "topk_source": ("teacher", "teacher"),
     "outcome_mix": ("0.1", 0.1),
     "teacher": ("frozen", "frozen"),
     "teacher_update_rate": ("0.2", 0.2),
@@ -106,18 +107,44 @@ def test_yaml_defaults_are_the_dataclass_defaults():
     assert CreditConfig.from_dict(section) == CreditConfig()
 
 
-def test_every_option_is_settable_from_the_command_line():
+# Options that exclude each other: the logit level's own, and those it refuses (token level only).
+LOGIT_ONLY = {"granularity", "topk", "distillation_add_tail", "alpha", "is_clip", "topk_source"}
+TOKEN_ONLY = {"contrast_centering", "outcome_mix", "contrast_coef"}
+
+
+@pytest.mark.parametrize("left_out", [LOGIT_ONLY, TOKEN_ONLY])
+def test_every_option_is_settable_from_the_command_line(left_out):
     assert set(COMMAND_LINE_VALUES) == {field.name for field in fields(CreditConfig)}
-    config = _compose(*(f"credit.{name}={text}" for name, (text, _) in COMMAND_LINE_VALUES.items()))
+    values = {name: pair for name, pair in COMMAND_LINE_VALUES.items() if name not in left_out}
+    # topk_source=teacher is SDPO-only (contrast_coef 0)
+    extra = ["credit.contrast_coef=0.0"] if "granularity" in values else []
+    config = _compose(*(f"credit.{name}={text}" for name, (text, _) in values.items()), *extra)
     credit = CreditConfig.from_dict(config.credit)
-    for name, (_, value) in COMMAND_LINE_VALUES.items():
+    for name, (_, value) in values.items():
         assert getattr(credit, name) == value, name
 
 
 @pytest.mark.parametrize(
-    ("option", "value"), [("topk", 20), ("alpha", 0.1), ("distillation_add_tail", False), ("is_clip", 2.0)]
+    ("option", "value"),
+    [("topk", 20), ("alpha", 0.1), ("distillation_add_tail", False), ("is_clip", 2.0), ("topk_source", "teacher")],
 )
 def test_logit_only_options_are_refused_with_token_granularity(option, value):
     with pytest.raises(ValueError, match=f"credit.{option} acts only with credit.granularity=logit"):
         CreditConfig.from_dict({option: value})
-    assert getattr(CreditConfig.from_dict({option: value, "granularity": "logit"}), option) == value
+    logit = {option: value, "granularity": "logit", "contrast_coef": 0.0}
+    assert getattr(CreditConfig.from_dict(logit), option) == value
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"contrast_form": "pmi"}, "credit.contrast_form=pmi has no logit-level meaning"),
+        ({"contrast_centering": "batch"}, "credit.contrast_centering=batch does nothing with credit.granularity=logit"),
+        ({"outcome_mix": 0.5}, "credit.outcome_mix is not defined with credit.granularity=logit"),
+        ({"topk_source": "teacher"}, "credit.topk_source=teacher with credit.contrast_coef > 0"),
+    ],
+)
+def test_options_without_a_logit_level_meaning_are_refused_there(options, message):
+    with pytest.raises(ValueError, match=message):
+        CreditConfig.from_dict({"granularity": "logit", "contrast_coef": 0.5, **options})
+    CreditConfig.from_dict({"granularity": "token", "contrast_coef": 0.5, **options, "topk_source": "student"})

@@ -11,11 +11,14 @@ import torch.nn.functional as F
 from credit_plugin.distill import (
     add_tail_bucket,
     aggregate_loss,
+    bucket,
     bucketed_log_probs,
+    contrastive_topk_target,
     generalized_jsd,
     importance_weights,
     per_token_distillation_loss,
     self_distillation_loss,
+    tail_clamp_active,
 )
 
 B, T, V = 3, 5, 32
@@ -302,3 +305,96 @@ def test_teacher_topk_must_be_log_probs_with_matching_ids():
         _call(teacher=log_probs, topk_indices=index, topk=5)
     with pytest.raises(ValueError, match=r"ids in \[0, 32\)"):
         _call(teacher=log_probs, topk_indices=index + V)
+
+
+# ---------------------------------------------------------------- CREDIT at logit level (docs/method.md)
+
+K_IDS, K_NEG = 6, 3
+
+
+def _topk_log_probs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary log-probs at ``ids``, as the worker's top-k pass takes them (gather, then normalise)."""
+    return logits.gather(-1, ids) - torch.logsumexp(logits, -1, keepdim=True)
+
+
+def _logit_level_inputs(seed: int):
+    """Student logits, teacher logits under the reprompt and K swapped prompts, the student's top-k ids."""
+    student, teacher = _logits(seed), _logits(seed + 1)
+    contrast = torch.stack([_logits(seed + 2 + k) for k in range(K_NEG)], dim=1)  # (B, K, T, V)
+    ids = torch.topk(student, K_IDS, dim=-1).indices
+    gathered = torch.stack([_topk_log_probs(contrast[:, k], ids) for k in range(K_NEG)], dim=1)
+    return student, teacher, contrast, ids, gathered
+
+
+@pytest.mark.parametrize("add_tail", [True, False])
+def test_logit_level_credit_at_lambda_zero_is_sdpos_logit_loss_exactly(add_tail):
+    student, teacher, _, ids, contrast = _logit_level_inputs(3)
+    teacher_topk = _topk_log_probs(teacher, ids)
+    target = contrastive_topk_target(teacher_topk, contrast, _topk_log_probs(student, ids), 0.0, add_tail)
+    assert torch.equal(target, teacher_topk)
+    mask = _mask()
+    got = per_token_distillation_loss(
+        student, target, mask, topk=K_IDS, add_tail=add_tail, is_clip=None, topk_indices=ids
+    )
+    sdpo = per_token_distillation_loss(student, teacher, mask, topk=K_IDS, add_tail=add_tail, is_clip=None)
+    assert torch.equal(got, sdpo)
+
+
+@pytest.mark.parametrize("add_tail", [True, False])
+@pytest.mark.parametrize("aggregate", ["mean", "logmeanexp"])
+def test_a_prompt_ignoring_teacher_at_lambda_one_gives_the_old_student(add_tail, aggregate):
+    """form reward: log q = log T - (agg log T' - log S) = log S when T' = T: the target is the student."""
+    student, teacher, _, ids, _ = _logit_level_inputs(5)
+    teacher_topk = _topk_log_probs(teacher, ids)
+    contrast = teacher_topk[:, None].expand(B, K_NEG, T, K_IDS)
+    student_topk = _topk_log_probs(student, ids)
+    target = contrastive_topk_target(teacher_topk, contrast, student_topk, 1.0, add_tail, aggregate)
+    torch.testing.assert_close(bucket(target, add_tail), bucket(student_topk, add_tail), rtol=0, atol=1e-12)
+    # the divergence to it is 0: a prompt-generic teacher teaches nothing
+    loss = per_token_distillation_loss(
+        student, target, torch.ones(B, T), topk=K_IDS, add_tail=add_tail, alpha=0.5, is_clip=None, topk_indices=ids
+    )
+    assert loss.abs().max() < 1e-12
+
+
+def test_logprob_form_with_a_prompt_ignoring_teacher_at_lambda_one_is_uniform_on_the_buckets():
+    """form logprob: log q = log T - log T' + const = const: the uniform distribution over the k + 1 buckets."""
+    _, teacher, _, ids, _ = _logit_level_inputs(7)
+    teacher_topk = _topk_log_probs(teacher, ids)
+    contrast = teacher_topk[:, None].expand(B, K_NEG, T, K_IDS)
+    target = contrastive_topk_target(teacher_topk, contrast, None, 1.0, True, form="logprob")
+    expected = torch.full((B, T, K_IDS + 1), -math.log(K_IDS + 1), dtype=torch.float64)
+    torch.testing.assert_close(bucket(target, True), expected, rtol=0, atol=1e-12)
+
+
+def test_logit_level_target_matches_its_definition_written_out():
+    """log q = log T_b - lambda * (mean_k log T'_k,b - log S_b), renormalised over the k + 1 buckets."""
+    student, teacher, contrast_logits, ids, contrast = _logit_level_inputs(9)
+    lam = 0.4
+
+    def buckets(logits: torch.Tensor) -> torch.Tensor:
+        probs = F.softmax(logits, -1)
+        top = probs.gather(-1, ids)
+        return torch.cat([top, 1 - top.sum(-1, keepdim=True)], -1).log()
+
+    raw = buckets(teacher) - lam * (
+        torch.stack([buckets(contrast_logits[:, k]) for k in range(K_NEG)]).mean(0) - buckets(student)
+    )
+    expected = raw - torch.logsumexp(raw, -1, keepdim=True)
+    target = contrastive_topk_target(_topk_log_probs(teacher, ids), contrast, _topk_log_probs(student, ids), lam)
+    torch.testing.assert_close(bucket(target, True), expected, rtol=0, atol=1e-10)
+    assert torch.all(torch.logsumexp(target, -1) < 0), "the ids keep less than all the mass: a tail remains"
+
+
+def test_tail_clamp_is_active_exactly_where_the_top_k_holds_all_the_mass():
+    full = torch.log(torch.tensor([[0.5, 0.5], [0.5, 0.25]], dtype=torch.float32))
+    assert tail_clamp_active(full).tolist() == [True, False]
+
+
+def test_logit_level_target_refuses_missing_inputs():
+    _, teacher, _, ids, contrast = _logit_level_inputs(11)
+    teacher_topk = _topk_log_probs(teacher, ids)
+    with pytest.raises(ValueError, match="needs the old student's top-k log-probs"):
+        contrastive_topk_target(teacher_topk, contrast, None, 0.5)
+    with pytest.raises(ValueError, match="contrast_form must be one of"):
+        contrastive_topk_target(teacher_topk, contrast, teacher_topk, 0.5, form="pmi")

@@ -111,8 +111,21 @@ def test_recipe_composes_validates_and_has_reference_settings(
 
     assert config.algorithm.adv_estimator == algo
     assert config.trainer.v1.trainer_mode == ("sync" if algo == "grpo" else "credit")
-    expected = dict(credit_defaults, contrast_coef=0.0) if algo == "sdpo" else credit_defaults
+    # SDPO as published (logit level, docs/method.md); CREDIT on the same loss; code: top-k 20, reverse KL
+    logit = {"granularity": "logit", "topk": 100, "distillation_add_tail": True, "alpha": 0.5, "is_clip": 2.0}
+    if task == "livecodebench":
+        logit.update(topk=20, alpha=1.0)
+    expected = {
+        "grpo": credit_defaults,
+        "sdpo": dict(credit_defaults, contrast_coef=0.0, teacher="ema", teacher_update_rate=0.05, **logit),
+        "credit": dict(credit_defaults, **logit),
+    }[algo]
     assert OmegaConf.to_container(config.credit) == expected, "CREDIT's options come from credit_defaults.yaml"
+    if algo != "grpo":
+        CreditConfig.from_dict(config.credit)  # the trainer's own validation accepts it
+        assert (arr.actor.ppo_mini_batch_size, arr.actor.ppo_epochs) == (config.data.train_batch_size, 1), (
+            "one update per step: the student's top-k of the old policy is the current policy's"
+        )
 
 
 def test_a_typo_in_a_recipe_fails_validation(tmp_path):

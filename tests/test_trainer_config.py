@@ -50,7 +50,26 @@ def _config(*overrides: str):
     ("overrides", "error", "message"),
     [
         (["algorithm.adv_estimator=grpo"], ValueError, "needs algorithm.adv_estimator in"),
-        (["credit.granularity=logit"], NotImplementedError, "granularity=logit"),
+        (
+            ["credit.granularity=logit", "actor_rollout_ref.model.use_fused_kernels=true"],
+            ValueError,
+            "granularity=logit does not support actor_rollout_ref.model.use_fused_kernels=true",
+        ),
+        (
+            ["credit.granularity=logit", "actor_rollout_ref.actor.strategy=megatron"],
+            ValueError,
+            "granularity=logit does not support actor_rollout_ref.actor.strategy=megatron",
+        ),
+        (
+            ["credit.granularity=logit", "algorithm.use_kl_in_reward=true"],
+            ValueError,
+            "granularity=logit does not support algorithm.use_kl_in_reward=true",
+        ),
+        (
+            ["credit.granularity=logit", "actor_rollout_ref.actor.loss_agg_mode=token-sum"],
+            ValueError,
+            "loss_agg_mode=token-sum",
+        ),
         (["+credit.num_negativs=2"], ValueError, "did you mean credit.num_negatives"),
     ],
 )

@@ -30,6 +30,10 @@ REPORT = CONFIG_DIR / "report.py"
 TASKS = ("sciknoweval", "toolalpaca", "livecodebench")
 ALGOS = ("grpo", "sdpo", "credit")
 MODELS = tuple(sorted(path.stem for path in (CONFIG_DIR / "llm").glob("*.yaml")))
+# SDPO's per-task settings of the logit-level loss (algo/sdpo.yaml, algo/credit.yaml) where they differ from
+# science and tool use: rich-feedback code distils the top 20 ids by reverse KL (the lr 1e-6 without warm-up is
+# livecodebench.yaml's, for every arm). GRPO does not read them.
+LOGIT_TASK_OVERRIDES = {"livecodebench": ("credit.topk=20", "credit.alpha=1.0")}
 # Overrides a subcommand sets itself: passed after `--` they would silently turn SDPO into CREDIT or flatten a grid.
 VARIED = {
     "run": ("algo=", "llm="),
@@ -66,6 +70,8 @@ def overrides(
         f"trainer.experiment_name={name}",
         f"trainer.default_local_dir={run_root / group / 'checkpoints' / name}",
     ]
+    if algo != "grpo":
+        args += LOGIT_TASK_OVERRIDES.get(task, ())
     if steps is not None:
         args.append(f"trainer.total_training_steps={steps}")
     if data_dir is not None:

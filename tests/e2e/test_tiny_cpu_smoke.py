@@ -119,3 +119,23 @@ def test_a_resumed_ema_run_keeps_its_history_and_continues_from_its_teacher(run_
     for name, value in saved.items():
         expected = (1 - TAU) * previous[name] + TAU * actor[name]
         torch.testing.assert_close(value, expected, rtol=0, atol=1e-5, msg=name)
+
+
+# SDPO as published and CREDIT on the same logit-level loss (docs/method.md, "Logit level"), 2 steps each.
+LOGIT_LEVEL = ("credit.granularity=logit", "credit.topk=16", "credit.is_clip=2.0")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "algorithm", [["algorithm.adv_estimator=sdpo"], ["credit.contrast_coef=0.5", "credit.num_negatives=2"]]
+)
+def test_logit_level_sdpo_and_credit_run_the_loop(tmp_path, tiny_cpu_assets, algorithm):
+    records = _demo(tmp_path, tiny_cpu_assets, *LOGIT_LEVEL, *algorithm)
+    assert len(records) == STEPS
+    for record in records:
+        assert record["actor/grad_norm"] > 0
+        assert record["actor/credit/logit/divergence"] > 0, "the logit-level loss trained the actor"
+        assert 0 < record["credit/logit/teacher_topk_mass"] < 1
+        assert 0 <= record["actor/credit/logit/tail_clamp_fraction"] <= 1
+        assert record["credit/teacher_ema_max_change"] > 0
+    assert all(("credit/baseline_mean" in record) == ("credit.contrast_coef=0.5" in algorithm) for record in records)
