@@ -56,3 +56,52 @@ class AdvantageDriftWatch:
             f"collapse the policy (watch actor/entropy and response_length/mean). Lower credit.contrast_coef, "
             f"use credit.contrast_form=reward, or set credit.contrast_centering=batch."
         )
+
+
+@torch.no_grad()
+def generic_credit_stats(
+    teacher_log_probs: torch.Tensor,
+    baseline: torch.Tensor,
+    student_log_probs: torch.Tensor,
+    credit_rewards: torch.Tensor,
+    mask: torch.Tensor,
+    prefix: str = "credit",
+) -> dict:
+    """How much of SDPO's credit any prompt would earn, and how far CREDIT moves it.
+
+    With ``r = T - S`` (SDPO's token reward) and ``q = g - S`` (the same reward with the teacher given the
+    other groups' prompts, ``g`` the contrastive baseline):
+
+    - ``generic_share = <q, r> / <r, r>`` over scored tokens: the slope of the swapped-prompt reward on SDPO's
+      reward. 1 when the teacher gives the same credit whatever the prompt (all of it input-generic), 0 when
+      its credit does not survive swapping the prompt (all of it input-specific). A least-squares slope rather
+      than ``sum q / sum r``: SDPO's summed reward crosses zero, the sum of squares does not.
+    - ``advantage_correlation``: Pearson correlation of CREDIT's and SDPO's token rewards over scored tokens;
+      1 means the contrast rescaled SDPO's credit without reordering it.
+
+    Args:
+        teacher_log_probs: shape (B, T), ``T = log pi_ref(y_t | x_i, z_i)``.
+        baseline: shape (B, T), ``g``, aggregated over the K negatives.
+        student_log_probs: shape (B, T), ``S = log pi_theta(y_t | x_i)``.
+        credit_rewards: shape (B, T), CREDIT's token rewards of the run's form and lambda.
+        mask: shape (B, T), 1 on tokens with a distillation signal.
+
+    Returns:
+        ``{prefix/generic_share, prefix/advantage_correlation}``; a statistic whose denominator is zero
+        (no scored token, a constant reward) is left out rather than reported as NaN.
+    """
+    on = mask.bool()
+    if not on.any():
+        return {}
+    sdpo = (teacher_log_probs - student_log_probs)[on].double()
+    generic = (baseline - student_log_probs)[on].double()
+    credit = credit_rewards[on].double()
+    stats = {}
+    energy = (sdpo * sdpo).sum()
+    if energy > 0:
+        stats[f"{prefix}/generic_share"] = float((generic * sdpo).sum() / energy)
+    centred_sdpo, centred_credit = sdpo - sdpo.mean(), credit - credit.mean()
+    norm = centred_sdpo.norm() * centred_credit.norm()
+    if norm > 0:
+        stats[f"{prefix}/advantage_correlation"] = float((centred_sdpo * centred_credit).sum() / norm)
+    return stats
