@@ -223,7 +223,7 @@ def write_step_records(
     import transfer_queue as tq
 
     from credit_plugin.reward_manager import FEEDBACK_FIELDS, feedback_of
-    from credit_plugin.teacher.contexts import teacher_contexts
+    from credit_plugin.teacher.contexts import select_demonstrations, teacher_contexts
 
     if credit.token_records == 0:
         return 0
@@ -236,30 +236,35 @@ def write_step_records(
     chosen = [real[index] for index in choose_rows([uids[row] for row in real], context, credit.token_records)]
     if not chosen:
         return 0
-    # SDPO's contexts over the real rows; only the chosen rows and their demonstrations need texts.
+    # SDPO's contexts over the real rows; only the chosen rows and their demonstrations are read and decoded.
     real_uids = np.array([uids[row] for row in real], dtype=object)
     position_of = {row: index for index, row in enumerate(real)}
-    keys = [batch_meta.keys[row] for row in real]
-    fields = tq.kv_batch_get(keys=keys, partition_id=batch_meta.partition_id, select_fields=list(TEXT_FIELDS))
-    responses = [row for row in fields["responses"].unbind(0)]
-    texts = [tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in responses]
-    chosen_keys = [batch_meta.keys[row] for row in chosen]
-    chosen_fields = tq.kv_batch_get(
-        keys=chosen_keys, partition_id=batch_meta.partition_id, select_fields=list(FEEDBACK_FIELDS)
+    demonstrations = select_demonstrations(
+        real_uids, outcome[real], credit.success_threshold, exclude_self=credit.dont_reprompt_on_self_success
     )
-    chosen_feedback = feedback_of(chosen_fields, len(chosen))
-    all_feedback: list[str | None] = [None] * len(real)
-    for row, text in zip(chosen, chosen_feedback, strict=True):
-        all_feedback[position_of[row]] = text
-    contexts = teacher_contexts(real_uids, outcome[real], all_feedback, texts, credit)
+    needed = sorted({position_of[row] for row in chosen} | {int(demonstrations[position_of[row]]) for row in chosen})
+    needed = [position for position in needed if position >= 0]
+    keys = [batch_meta.keys[real[position]] for position in needed]
+    fields = tq.kv_batch_get(
+        keys=keys, partition_id=batch_meta.partition_id, select_fields=[*TEXT_FIELDS, *FEEDBACK_FIELDS]
+    )
+    fetched = {position: index for index, position in enumerate(needed)}
+    responses = list(fields["responses"].unbind(0))
+    texts = [""] * len(real)
+    feedback: list[str | None] = [None] * len(real)
+    for position, text in zip(needed, feedback_of(fields, len(needed)), strict=True):
+        texts[position] = tokenizer.decode(responses[fetched[position]].tolist(), skip_special_tokens=True)
+        feedback[position] = text
+    # the texts of rows that are neither chosen nor a chosen row's demonstration stay empty: unread below
+    contexts = teacher_contexts(real_uids, outcome[real], feedback, texts, credit)
     raw_prompts = list(fields["raw_prompt"])
     token_ids, tokens, prompts, used_feedback, solutions = [], [], [], [], []
     for row in chosen:
         position = position_of[row]
-        ids = responses[position].tolist()
+        ids = responses[fetched[position]].tolist()
         token_ids.append(ids)
         tokens.append([tokenizer.decode([token]) for token in ids])
-        prompts.append(prompt_text(raw_prompts[position]))
+        prompts.append(prompt_text(raw_prompts[fetched[position]]))
         used_feedback.append(contexts.feedback[position])
         solutions.append(contexts.solution[position])
     records = build_records(
