@@ -69,13 +69,15 @@ def generic_credit_stats(
 ) -> dict:
     """How much of SDPO's credit any prompt would earn, and how far CREDIT moves it.
 
-    With ``r = T - S`` (SDPO's token reward) and ``q = g - S`` (the same reward with the teacher given the
-    other groups' prompts, ``g`` the contrastive baseline):
+    With ``T`` the teacher's log-prob of the sampled token (the sample's own prompt and feedback), ``g`` the
+    contrastive baseline (the same teacher with other groups' prompts) and ``S`` the student's:
 
-    - ``generic_share = <q, r> / <r, r>`` over scored tokens: the slope of the swapped-prompt reward on SDPO's
-      reward. 1 when the teacher gives the same credit whatever the prompt (all of it input-generic), 0 when
-      its credit does not survive swapping the prompt (all of it input-specific). A least-squares slope rather
-      than ``sum q / sum r``: SDPO's summed reward crosses zero, the sum of squares does not.
+    - ``generic_share = sum_t |T - S| * min(1, exp(g - T)) / sum_t |T - S|`` over scored tokens: the share of the
+      teacher's probability on each token that survives swapping the prompt (capped at 1), weighted by how much
+      credit SDPO puts there. 1 when every credited token is as likely under other prompts (all of SDPO's credit
+      input-generic), near 0 when the credited tokens are likely only under the sample's own prompt. Bounded in
+      [0, 1]: a token the swapped teacher finds far less likely counts as input-specific however unlikely, instead
+      of dominating a regression slope.
     - ``advantage_correlation``: Pearson correlation of CREDIT's and SDPO's token rewards over scored tokens;
       1 means the contrast rescaled SDPO's credit without reordering it.
 
@@ -88,18 +90,19 @@ def generic_credit_stats(
 
     Returns:
         ``{prefix/generic_share, prefix/advantage_correlation}``; a statistic whose denominator is zero
-        (no scored token, a constant reward) is left out rather than reported as NaN.
+        (no scored token, SDPO's reward 0 everywhere, a constant reward) is left out rather than reported as NaN.
     """
     on = mask.bool()
     if not on.any():
         return {}
-    sdpo = (teacher_log_probs - student_log_probs)[on].double()
-    generic = (baseline - student_log_probs)[on].double()
+    teacher = teacher_log_probs[on].double()
+    sdpo = teacher - student_log_probs[on].double()
+    kept = torch.exp(torch.clamp(baseline[on].double() - teacher, max=0.0))
     credit = credit_rewards[on].double()
     stats = {}
-    energy = (sdpo * sdpo).sum()
-    if energy > 0:
-        stats[f"{prefix}/generic_share"] = float((generic * sdpo).sum() / energy)
+    weight = sdpo.abs()
+    if weight.sum() > 0:
+        stats[f"{prefix}/generic_share"] = float((weight * kept).sum() / weight.sum())
     centred_sdpo, centred_credit = sdpo - sdpo.mean(), credit - credit.mean()
     norm = centred_sdpo.norm() * centred_credit.norm()
     if norm > 0:

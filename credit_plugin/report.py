@@ -34,7 +34,7 @@ REPORT_FILE = "credit_report.html"
 PLOTS = [
     ("critic/score/mean", "training reward"),
     ("credit/pmi_mean", "pMI log pi(y|x,z) - log pi(y|x), mean over samples with context"),
-    ("credit/generic_share", "generic share of SDPO's credit <g-S, T-S> / <T-S, T-S>"),
+    ("credit/generic_share", "generic share of SDPO's credit: sum |T-S| min(1, exp(g-T)) / sum |T-S|"),
     ("credit/advantage_correlation", "correlation of CREDIT's and SDPO's token rewards"),
     ("credit/contrast_gap_mean", "contrast gap T - g, summed over the response"),
     ("credit/advantage/token_mean", "mean token advantage"),
@@ -269,7 +269,11 @@ def render(records: Sequence[dict], metrics: Sequence[dict], title: str, max_ste
     scale = colour_scale(records)
     options, sections = [], []
     for step in steps:
-        chosen = [record for record in records if int(record["step"]) == step]
+        # samples with a teacher context (the ones with credit) first, in the order the trainer chose them
+        chosen = sorted(
+            (record for record in records if int(record["step"]) == step),
+            key=lambda record: (not record.get("has_context"), int(record["row"])),
+        )
         selected = " selected" if step == steps[-1] else ""
         options.append(f'<option value="{step}"{selected}>step {step} ({len(chosen)} samples)</option>')
         body = "".join(sample_html(record, scale) for record in chosen)
