@@ -53,9 +53,13 @@ def test_quick_testbed_measures_shortcut_rate_and_credit_on_shortcut_and_answer_
             for key in ("success_greedy", "success_sampled", "shortcut_greedy", "shortcut_sampled"):
                 assert 0.0 <= run[stage][key] <= 1.0, (name, stage, key)
         assert len(run["shortcut_rate"]) == 2 and all(0.0 <= value <= 1.0 for value in run["shortcut_rate"])
-        assert any(value is not None for value in run["sdpo_answer"]), "records of samples with feedback"
+        records = [json.loads(line) for line in (tmp_path / name / "seed1" / name / "token_records.jsonl").open()]
+        assert [record["step"] for record in records] == [1] * 16 + [2] * 16, "every sample's records"
+        scored = [record for record in records if record["has_context"]]
+        assert scored, "failed samples get the narrowing feedback as teacher context"
+        assert all(record["solution"] is None and record["feedback"] for record in scored)
+        assert all((record["credit"] is None) == (name == "sdpo") for record in scored)
     assert all(value is None for value in report["runs"]["sdpo"][0]["credit_answer"])  # SDPO has no contrast
-    assert any(value is not None for value in report["runs"]["credit"][0]["credit_answer"])
     table = (tmp_path / "results.md").read_text()
     assert "| sdpo | 1 |" in table and "held-out shortcut rate" in table
     assert (tmp_path / "testbed.png").stat().st_size > 1000
