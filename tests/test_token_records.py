@@ -111,3 +111,13 @@ def test_prompt_text_of_a_chat_and_of_plain_text():
     assert prompt_text(chat) == "system: Be brief.\nuser: Sort 3 1 2."
     assert prompt_text(np.array(chat, dtype=object)) == "system: Be brief.\nuser: Sort 3 1 2."
     assert prompt_text("Sort 3 1 2.") == "Sort 3 1 2."
+
+
+def test_records_go_to_the_configured_folder_or_the_runs_checkpoint_folder():
+    from omegaconf import OmegaConf
+
+    from credit_plugin.token_records import records_dir
+
+    trainer = OmegaConf.create({"default_local_dir": "/runs/x/checkpoints"})
+    assert records_dir(CreditConfig(token_records=2), trainer) == "/runs/x/checkpoints"
+    assert records_dir(CreditConfig(token_records=2, token_records_dir="/runs/x"), trainer) == "/runs/x"
