@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-all lint demo demo-compare bench learn learn-sweep learn-quick clean
+.PHONY: venv test test-all lint demo demo-compare bench learn learn-sweep learn-quick learn-testbed clean
 
 venv: $(STAMP)
 
@@ -53,6 +53,11 @@ learn: $(STAMP)
 # The lambda sweep of every contrast form, one seed (6 runs); joins runs/learn/results.json.
 learn-sweep: $(STAMP)
 	$(PY) bench/learn.py --sweep
+
+# The controlled testbed (narrowing feedback, a planted input-generic shortcut): GRPO, SDPO, CREDIT, CREDIT at
+# lambda 1, seeds 1 2; writes runs/learn-testbed/results.{json,md}, learning.png, testbed.png (docs/method.md).
+learn-testbed: $(STAMP)
+	$(PY) bench/learn.py --testbed
 
 # The same, two 2-step runs (what CI runs as tests/e2e/test_learn_quick.py).
 learn-quick: $(STAMP)

@@ -13,6 +13,14 @@ launcher with the same data, model, step budget and seeds; only the algorithm ov
 Writes ``<out>/results.json`` (every run and step), ``<out>/results.md`` (the table, mean and spread over seeds)
 and ``<out>/learning.png`` (curves averaged over seeds). ``--quick`` runs two short runs, for CI.
 
+``--testbed`` (``make learn-testbed``) runs the controlled testbed instead (``credit_plugin.dev.tiny.testbed``,
+``docs/method.md``): feedback that only locates the mistake, and a planted input-generic shortcut (``Sure.``
+before the answer, made likely by the reprompt's wording whatever the input, ignored by the verifier). Per run it
+adds the held-out shortcut rate before and after (greedy and sampled), and from the trainer's token records of
+every sample: the shortcut's rate over training and the mean SDPO and CREDIT token reward on the shortcut's
+token against the answer's digits. Writes ``<out>/results.{json,md}``, ``learning.png`` and ``testbed.png``
+(default ``runs/learn-testbed``). ``--testbed --quick``: SDPO and CREDIT, 2 steps, a 100-step pre-training (CI).
+
 What it shows: whether an objective moves held-out success of a small model beyond the spread between seeds,
 and whether it collapses (entropy and length up, reward down). What it does not show: anything about large
 models, long training or tasks where feedback carries less than the answer (see README and docs/method.md).
@@ -91,6 +99,9 @@ SWEEP_VARIANTS = (
     "credit_pmi_l0.25",
 )
 QUICK_VARIANTS = ("grpo", "credit")
+# The controlled testbed's arms (``--testbed``) and its quick mode's.
+TESTBED_VARIANTS = ("grpo", "sdpo", "credit", "credit_reward_l1")
+TESTBED_QUICK_VARIANTS = ("sdpo", "credit")
 
 
 @dataclass
@@ -107,7 +118,19 @@ class Setting:
     val_samples: int = VAL_SAMPLES
     extra: list[str] = field(default_factory=list)
 
-    def overrides(self, seed: int) -> list[str]:
+    def overrides(self, seed: int, testbed: bool = False) -> list[str]:
+        testbed_overrides = []
+        if testbed:
+            from credit_plugin.dev.tiny.testbed import REWARD_FUNCTION
+
+            testbed_overrides = [
+                f"reward.custom_reward_function.path={REWARD_FUNCTION}",
+                # no sample is a demonstration (a sibling's solution holds the answer): every teacher context is
+                # the narrowing feedback
+                "credit.success_threshold=2.0",
+                # the token records of every sample: the shortcut's rate and credit per step
+                f"credit.token_records={self.prompts_per_step * self.samples_per_prompt}",
+            ]
         return [
             f"data.train_batch_size={self.prompts_per_step}",
             f"actor_rollout_ref.actor.ppo_mini_batch_size={self.prompts_per_step}",
@@ -123,6 +146,7 @@ class Setting:
             "actor_rollout_ref.rollout.val_kwargs.temperature=1.0",
             f"trainer.save_freq={self.steps}",
             "actor_rollout_ref.actor.checkpoint.save_contents=[model,hf_model]",
+            *testbed_overrides,
             *self.extra,
         ]
 
@@ -218,16 +242,48 @@ COLUMNS = (
 )
 
 
+TESTBED_COLUMNS = (
+    ("held-out success, sampled: before -> after", "success_sampled"),
+    ("held-out success, greedy: before -> after", "success_greedy"),
+    ("held-out shortcut rate, sampled: before -> after", "shortcut_sampled"),
+    ("held-out shortcut rate, greedy: before -> after", "shortcut_greedy"),
+    ("train shortcut rate: first -> last quarter", "shortcut_rate"),
+    ("SDPO reward on the shortcut token / on answer digits", "sdpo"),
+    ("CREDIT reward on the shortcut token / on answer digits", "credit"),
+    ("train reward: first -> last quarter", "reward"),
+)
+
+
+def testbed_cells(runs: list[dict]) -> list[str]:
+    """The testbed table's cells of one variant (mean ± half-range over seeds)."""
+    cells = []
+    for _, key in TESTBED_COLUMNS:
+        if key in ("success_sampled", "success_greedy", "shortcut_sampled", "shortcut_greedy"):
+            before = [run["eval_before"][key] for run in runs]
+            after = [run["eval_after"].get(key) if run.get("eval_after") else None for run in runs]
+            cells.append(f"{_mean_spread(before)} -> {_mean_spread(after)}")
+        elif key in ("sdpo", "credit"):
+            shortcut = [_first_last(run[f"{key}_shortcut"], 1.0)[0] for run in runs]
+            answer = [_first_last(run[f"{key}_answer"], 1.0)[0] for run in runs]
+            cells.append(f"{_mean_spread(shortcut)} / {_mean_spread(answer)}")
+        else:
+            pairs = [_first_last(run[key]) for run in runs]
+            cells.append(f"{_mean_spread([p[0] for p in pairs])} -> {_mean_spread([p[1] for p in pairs])}")
+    return cells
+
+
 def table(results: dict) -> str:
     """Markdown table: one row per variant, each cell the mean ± half-range over seeds."""
+    testbed = results.get("testbed", False)
+    columns = TESTBED_COLUMNS if testbed else COLUMNS
     lines = [
-        "| variant | seeds | " + " | ".join(title for title, _ in COLUMNS) + " |",
-        "|---|---|" + "---|" * len(COLUMNS),
+        "| variant | seeds | " + " | ".join(title for title, _ in columns) + " |",
+        "|---|---|" + "---|" * len(columns),
     ]
     for name, runs in results["runs"].items():
         done = [run for run in runs if "error" not in run]
-        cells = []
-        for _, key in COLUMNS:
+        cells = testbed_cells(done) if testbed else []
+        for _, key in () if testbed else COLUMNS:
             if key in ("sampled", "greedy"):
                 before = [run[f"{key}_before"] for run in done]
                 after = [run[f"{key}_after"] for run in done]
@@ -272,6 +328,50 @@ def plot(results: dict, path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
+def plot_testbed(results: dict, path: Path) -> None:
+    """Per step, averaged over seeds: the shortcut's rate in the sampled responses, and the SDPO and CREDIT token
+    reward on the shortcut token and on the answer digits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = (
+        ("shortcut_rate", "shortcut rate (sampled, training)"),
+        ("sdpo_shortcut", "SDPO reward: shortcut token"),
+        ("credit_shortcut", "CREDIT reward: shortcut token"),
+        ("sdpo_answer", "SDPO reward: answer digits"),
+        ("credit_answer", "CREDIT reward: answer digits"),
+    )
+    figure, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 4))
+    for name, runs in results["runs"].items():
+        done = [run for run in runs if "error" not in run and run.get("shortcut_rate")]
+        for axis, (key, title) in zip(axes, keys, strict=True):
+            length = min((len(run[key]) for run in done), default=0)
+            points = [
+                (i + 1, statistics.fmean(values))
+                for i in range(length)
+                if (values := [run[key][i] for run in done if run[key][i] is not None])
+            ]
+            if points:
+                axis.plot(*zip(*points, strict=True), label=name, marker=".")
+            axis.set_title(title, fontsize=9)
+            axis.set_xlabel("step")
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def summarise_testbed(records_path: Path, steps: int) -> dict:
+    """Per-step shortcut rate and credit on shortcut/answer tokens from a run's token records (none for GRPO)."""
+    from credit_plugin.dev.tiny.testbed import credit_by_token_kind
+    from credit_plugin.report import latest_per_sample, read_jsonl
+
+    per_step = credit_by_token_kind(latest_per_sample(read_jsonl(records_path)))
+    keys = ("shortcut_rate", "sdpo_shortcut", "sdpo_answer", "credit_shortcut", "credit_answer")
+    return {key: [per_step.get(step, {}).get(key) for step in range(1, steps + 1)] for key in keys}
+
+
 def _earlier_runs(path: Path, setting: dict) -> dict[str, list[dict]]:
     """Finished runs of the same budget that earlier invocations left in ``path``, every variant and seed: an
     interrupted or extended bench (more ``--variants`` or ``--seeds``) only runs what is missing, and the
@@ -290,30 +390,44 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--steps", type=int, default=Setting.steps)
     parser.add_argument("--lr", type=float, default=Setting.lr)
-    parser.add_argument("--out", type=Path, default=REPO / "runs/learn")
+    parser.add_argument("--out", type=Path, default=None, help="default runs/learn (runs/learn-testbed)")
     parser.add_argument("--quick", action="store_true", help="GRPO and CREDIT, one seed, 2 steps (CI smoke)")
     parser.add_argument("--sweep", action="store_true", help="the lambda sweep of every form, first seed only")
+    parser.add_argument(
+        "--testbed", action="store_true", help="the controlled testbed (narrowing feedback, planted shortcut)"
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     setting = Setting(steps=args.steps, lr=args.lr, extra=args.overrides)
     variants, seeds = args.variants, args.seeds
+    if args.testbed and args.variants == list(DEFAULT_VARIANTS):
+        variants = list(TESTBED_VARIANTS)
     if args.sweep:
         variants, seeds = list(SWEEP_VARIANTS), seeds[:1]
     if args.quick:
-        variants, seeds = list(QUICK_VARIANTS), seeds[:1]
+        variants, seeds = list(TESTBED_QUICK_VARIANTS if args.testbed else QUICK_VARIANTS), seeds[:1]
         setting = Setting(steps=2, prompts_per_step=4, n_train=32, n_val=8, lr=args.lr, extra=args.overrides)
+    out = args.out or REPO / ("runs/learn-testbed" if args.testbed else "runs/learn")
 
     from credit_plugin.dev.tiny.model import TinyModelSpec, build_tiny_model
     from credit_plugin.dev.tiny.task import write_parquet
 
     demo = _demo()
-    assets = args.out / "assets"
-    spec = TinyModelSpec()
-    model = build_tiny_model(assets / "model", seed=0, spec=spec)
-    train, val = write_parquet(assets / "data", setting.n_train, setting.n_val, seed=0, kinds=setting.kinds)
-    initial_greedy = greedy_success(model, model, val)
-    results = {"setting": vars(setting), "runs": {}}
-    results["runs"] = _earlier_runs(args.out / "results.json", results["setting"])
+    assets = out / "assets"
+    if args.testbed:
+        from credit_plugin.dev.tiny import testbed
+
+        # quick mode: a short pre-training, enough for the pipeline (CI), not for the measurement
+        model = testbed.build_testbed_model(assets / "model", seed=0, pretrain_steps=100 if args.quick else 1500)
+        train, val = testbed.write_testbed_parquet(assets / "data", setting.n_train, setting.n_val, seed=0)
+        initial = testbed.evaluate(model, model, val, samples=setting.val_samples)
+        initial_greedy = initial["success_greedy"]
+    else:
+        model = build_tiny_model(assets / "model", seed=0, spec=TinyModelSpec())
+        train, val = write_parquet(assets / "data", setting.n_train, setting.n_val, seed=0, kinds=setting.kinds)
+        initial_greedy = greedy_success(model, model, val)
+    results = {"setting": vars(setting), "testbed": args.testbed, "runs": {}}
+    results["runs"] = _earlier_runs(out / "results.json", results["setting"])
     started = time.time()
     for name in variants:
         results["runs"].setdefault(name, [])
@@ -323,8 +437,8 @@ def main() -> None:
             if any(run["seed"] == seed for run in results["runs"][name]):
                 continue
             variant = VARIANTS[name]
-            root = args.out / name / f"seed{seed}"
-            extra = [*variant.overrides, *setting.overrides(seed)]
+            root = out / name / f"seed{seed}"
+            extra = [*variant.overrides, *setting.overrides(seed, testbed=args.testbed)]
             try:
                 metrics = demo.run(variant.algo, root, (model, train, val), setting.steps, extra)
             except SystemExit as error:
@@ -333,18 +447,25 @@ def main() -> None:
             run = {"seed": seed, **summarise_run(metrics, setting.steps, setting.val_samples)}
             final = root / variant.algo / "checkpoints" / f"global_step_{setting.steps}" / "actor" / "huggingface"
             run["greedy_before"] = initial_greedy
-            run["greedy_after"] = greedy_success(final, model, val) if final.exists() else None
+            if args.testbed:
+                after = testbed.evaluate(final, model, val, samples=setting.val_samples) if final.exists() else {}
+                run.update(eval_before=initial, eval_after=after, greedy_after=after.get("success_greedy"))
+                run.update(summarise_testbed(root / variant.algo / "token_records.jsonl", setting.steps))
+            else:
+                run["greedy_after"] = greedy_success(final, model, val) if final.exists() else None
             results["runs"][name].append(run)
-            (args.out / "results.json").write_text(json.dumps(results, indent=1))
+            (out / "results.json").write_text(json.dumps(results, indent=1))
     results["seconds"] = round(time.time() - started)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.json").write_text(json.dumps(results, indent=1))
     markdown = table(results)
-    (args.out / "results.md").write_text(markdown + "\n")
-    plot(results, args.out / "learning.png")
+    (out / "results.md").write_text(markdown + "\n")
+    plot(results, out / "learning.png")
+    if args.testbed:
+        plot_testbed(results, out / "testbed.png")
     print(markdown)
     print(
-        f"\n{len(variants)} variants x {len(seeds)} seeds in {results['seconds']} s; {args.out}/results.json, "
-        f"results.md, learning.png"
+        f"\n{len(variants)} variants x {len(seeds)} seeds in {results['seconds']} s; {out}/results.json, "
+        f"results.md, learning.png{', testbed.png' if args.testbed else ''}"
     )
 
 

@@ -67,6 +67,11 @@ class CreditConfig:
     reprompt_template: str = DEFAULT_REPROMPT_TEMPLATE
     solution_template: str = DEFAULT_SOLUTION_TEMPLATE
     feedback_template: str = DEFAULT_FEEDBACK_TEMPLATE
+    # token-level credit report (credit_plugin/token_records.py, python -m credit_plugin.report): samples per
+    # step whose per-token scores are written to <token_records_dir>/token_records.jsonl; 0 writes nothing.
+    token_records: int = 0
+    # where; null: the run's trainer.default_local_dir
+    token_records_dir: str | None = None
 
     def __post_init__(self) -> None:
         self._check_choice("negative_aggregate", AGGREGATES)
@@ -84,6 +89,11 @@ class CreditConfig:
         self._check_range("outcome_mix", low=0.0, high=1.0)
         self._check_range("teacher_update_rate", low=0.0, high=1.0)
         self._check_range("max_reprompt_len", low=1, integer=True)
+        self._check_range("token_records", low=0, integer=True)
+        if self.token_records_dir is not None and (
+            not isinstance(self.token_records_dir, str) or not self.token_records_dir.strip()
+        ):
+            raise ValueError(f"credit.token_records_dir must be a folder path or null, got {self.token_records_dir!r}")
         if self.is_clip is not None:
             self._check_range("is_clip", low=1.0)
         for name, keys in (

@@ -56,3 +56,55 @@ class AdvantageDriftWatch:
             f"collapse the policy (watch actor/entropy and response_length/mean). Lower credit.contrast_coef, "
             f"use credit.contrast_form=reward, or set credit.contrast_centering=batch."
         )
+
+
+@torch.no_grad()
+def generic_credit_stats(
+    teacher_log_probs: torch.Tensor,
+    baseline: torch.Tensor,
+    student_log_probs: torch.Tensor,
+    credit_rewards: torch.Tensor,
+    mask: torch.Tensor,
+    prefix: str = "credit",
+) -> dict:
+    """How much of SDPO's credit any prompt would earn, and how far CREDIT moves it.
+
+    With ``T`` the teacher's log-prob of the sampled token (the sample's own prompt and feedback), ``g`` the
+    contrastive baseline (the same teacher with other groups' prompts) and ``S`` the student's:
+
+    - ``generic_share = sum_t |T - S| * min(1, exp(g - T)) / sum_t |T - S|`` over scored tokens: the share of the
+      teacher's probability on each token that survives swapping the prompt (capped at 1), weighted by how much
+      credit SDPO puts there. 1 when every credited token is as likely under other prompts (all of SDPO's credit
+      input-generic), near 0 when the credited tokens are likely only under the sample's own prompt. Bounded in
+      [0, 1]: a token the swapped teacher finds far less likely counts as input-specific however unlikely, instead
+      of dominating a regression slope.
+    - ``advantage_correlation``: Pearson correlation of CREDIT's and SDPO's token rewards over scored tokens;
+      1 means the contrast rescaled SDPO's credit without reordering it.
+
+    Args:
+        teacher_log_probs: shape (B, T), ``T = log pi_ref(y_t | x_i, z_i)``.
+        baseline: shape (B, T), ``g``, aggregated over the K negatives.
+        student_log_probs: shape (B, T), ``S = log pi_theta(y_t | x_i)``.
+        credit_rewards: shape (B, T), CREDIT's token rewards of the run's form and lambda.
+        mask: shape (B, T), 1 on tokens with a distillation signal.
+
+    Returns:
+        ``{prefix/generic_share, prefix/advantage_correlation}``; a statistic whose denominator is zero
+        (no scored token, SDPO's reward 0 everywhere, a constant reward) is left out rather than reported as NaN.
+    """
+    on = mask.bool()
+    if not on.any():
+        return {}
+    teacher = teacher_log_probs[on].double()
+    sdpo = teacher - student_log_probs[on].double()
+    kept = torch.exp(torch.clamp(baseline[on].double() - teacher, max=0.0))
+    credit = credit_rewards[on].double()
+    stats = {}
+    weight = sdpo.abs()
+    if weight.sum() > 0:
+        stats[f"{prefix}/generic_share"] = float((weight * kept).sum() / weight.sum())
+    centred_sdpo, centred_credit = sdpo - sdpo.mean(), credit - credit.mean()
+    norm = centred_sdpo.norm() * centred_credit.norm()
+    if norm > 0:
+        stats[f"{prefix}/advantage_correlation"] = float((centred_sdpo * centred_credit).sum() / norm)
+    return stats

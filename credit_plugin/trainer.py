@@ -37,13 +37,14 @@ from verl.utils.debug import marked_timer
 from verl.workers.utils.padding import response_to_nested
 
 from credit_plugin.config import CreditConfig
-from credit_plugin.diagnostics import AdvantageDriftWatch, token_advantage_stats
+from credit_plugin.diagnostics import AdvantageDriftWatch, generic_credit_stats, token_advantage_stats
 from credit_plugin.estimators import ESTIMATORS, SDPO, TEACHER_BATCH_KEYS
 from credit_plugin.logit_scoring import LogitTeacherScorer, logit_level_fields
 from credit_plugin.patches import SUPPORTED_VERL
 from credit_plugin.registry import TRAINER_MODE, assert_registered
 from credit_plugin.rewards import contrastive_baseline, sdpo_token_rewards
 from credit_plugin.teacher_scoring import TeacherScorer
+from credit_plugin.token_records import records_dir, token_scores, write_step_records
 from credit_plugin.workers import (
     CreditActorRolloutRefWorker,
     check_same_layout,
@@ -412,8 +413,10 @@ class CreditTrainer(PPOTrainerSync):
                 contrast_gap = torch.where(mask.bool(), b["teacher_log_probs"] - baseline, 0.0)
                 metrics["credit/contrast_gap_mean"] = contrast_gap.sum(-1)[context].mean().item()
                 metrics["credit/baseline_token_mean"] = (baseline.sum() / mask.sum()).item()
-        # Rows without context scored under their original prompt: a ``current`` teacher must reproduce
-        # ``old_log_probs`` there (a check of the layout); other teachers show their drift.
+                scores = token_scores(b, self.credit)  # how much of SDPO's credit any prompt earns
+                metrics.update(generic_credit_stats(scores.teacher, baseline, scores.student, scores.credit, mask))
+        # Rows without context were scored under their original prompt: a ``current`` teacher must
+        # reproduce ``old_log_probs`` there (a check of the layout); other teachers show their drift.
         plain = (~context) & (b["response_mask"].sum(-1) > 0) & is_real
         if sanity_rows is not None:
             plain = plain & sanity_rows
@@ -512,6 +515,9 @@ class CreditTrainer(PPOTrainerSync):
         )
 
         self._advantage_metrics(data, metrics)
+        if self.credit.token_records:  # the credit report's per-token records (credit_plugin.token_records)
+            directory = records_dir(self.credit, self.config.trainer)
+            write_step_records(self.global_steps, batch, data, is_real, self.tokenizer, self.credit, directory)
         self._scale_to_context_mean(data, is_real, metrics)
         self._logit_loss_scale = metrics["credit/loss_scale"]
         if logit_fields:

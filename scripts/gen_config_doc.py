@@ -66,6 +66,10 @@ DESCRIPTIONS = {
     "solution_template": "how a successful sibling's answer enters the teacher prompt; must contain "
     "`{successful_previous_attempt}`",
     "feedback_template": "how the scorer's feedback enters the teacher prompt; must contain `{feedback_raw}`",
+    "token_records": "samples per step whose per-token teacher, baseline and student log-probs and SDPO and CREDIT "
+    "rewards go to `token_records.jsonl` for the credit report (`python -m credit_plugin.report RUN_DIR`); 0: off",
+    "token_records_dir": "folder of `token_records.jsonl`; null: `trainer.default_local_dir` (the tiny demo sets "
+    "its run folder)",
 }
 
 

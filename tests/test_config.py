@@ -49,6 +49,11 @@ def test_misspelt_option_names_the_close_match():
         ("max_reprompt_len", 0, "credit.max_reprompt_len must be >= 1"),
         ("topk", True, "credit.topk must be an integer"),
         ("reprompt_template", "{prompt} only", "credit.reprompt_template must contain"),
+        ("token_records", -1, "credit.token_records must be >= 0"),
+        ("token_records", 2.5, "credit.token_records must be an integer"),
+        ("token_records", True, "credit.token_records must be an integer"),
+        ("token_records_dir", "  ", "credit.token_records_dir must be a folder path or null"),
+        ("token_records_dir", 3, "credit.token_records_dir must be a folder path or null"),
     ],
 )
 def test_out_of_range_values_name_the_option(option, value, message):
@@ -98,6 +103,8 @@ COMMAND_LINE_VALUES = {
     "reprompt_template": ("'Q: {prompt}{solution}{feedback} Again.'", "Q: {prompt}{solution}{feedback} Again."),
     "solution_template": ("'Solved: {successful_previous_attempt}'", "Solved: {successful_previous_attempt}"),
     "feedback_template": ("'Feedback: {feedback_raw}'", "Feedback: {feedback_raw}"),
+    "token_records": ("3", 3),
+    "token_records_dir": ("/tmp/records", "/tmp/records"),
 }
 
 

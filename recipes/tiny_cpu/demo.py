@@ -6,8 +6,9 @@
     python recipes/tiny_cpu/demo.py -- trainer.total_training_steps=3   # extra Hydra overrides
     python recipes/tiny_cpu/demo.py --megatron-tp 2       # actor and ref on verl's Megatron engine at TP=2
 
-Each run writes ``<run-dir>/<algo>/metrics.jsonl`` (verl's file logger records), ``command.txt`` and ``train.log``,
-and prints one line per step. Run again in the same ``--run-dir`` after a crash, verl resumes from the latest
+Each run writes ``<run-dir>/<algo>/metrics.jsonl`` (verl's file logger records), ``command.txt``, ``train.log`` and
+``token_records.jsonl`` (4 samples a step, for ``python -m credit_plugin.report <run-dir>/<algo>``), and prints one
+line per step. Run again in the same ``--run-dir`` after a crash, verl resumes from the latest
 checkpoint (``trainer.save_freq``) and ``metrics.jsonl`` keeps the steps up to it.
 The tiny model and parquet files are built once under ``<run-dir>/assets`` (or ``--assets``, to share them).
 This is a development and CI recipe: the ``hf_cpu`` rollout generates with transformers; GPU users keep vLLM.
@@ -69,6 +70,8 @@ def command(algo: str, run_dir: Path, model: Path, train: Path, val: Path, steps
         f"trainer.total_training_steps={steps}",
         f"trainer.experiment_name={algo}",
         f"trainer.default_local_dir={run_dir / 'checkpoints'}",
+        # the credit report's records next to metrics.jsonl: python -m credit_plugin.report <run-dir>/<algo>
+        f"credit.token_records_dir={run_dir}",
         *ALGOS[algo],
         *extra,
     ]

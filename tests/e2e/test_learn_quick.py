@@ -35,3 +35,31 @@ def test_quick_learning_bench_measures_held_out_success_before_and_after(tmp_pat
     table = (tmp_path / "results.md").read_text()
     assert "| grpo | 1 |" in table and "| credit | 1 |" in table
     assert (tmp_path / "learning.png").stat().st_size > 1000
+
+
+def test_quick_testbed_measures_shortcut_rate_and_credit_on_shortcut_and_answer_tokens(tmp_path):
+    """``bench/learn.py --testbed --quick``: SDPO and CREDIT for 2 steps on the controlled testbed (a 100-step
+    pre-trained model: the pipeline, not the measurement)."""
+    command = [sys.executable, str(REPO / "bench/learn.py"), "--testbed", "--quick", "--out", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1500, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["testbed"] is True and set(report["runs"]) == {"sdpo", "credit"}
+    for name, runs in report["runs"].items():
+        (run,) = runs
+        assert "error" not in run, run.get("error")
+        assert run["val_key"].startswith("val-core/credit_tiny_testbed/")
+        for stage in ("eval_before", "eval_after"):
+            for key in ("success_greedy", "success_sampled", "shortcut_greedy", "shortcut_sampled"):
+                assert 0.0 <= run[stage][key] <= 1.0, (name, stage, key)
+        assert len(run["shortcut_rate"]) == 2 and all(0.0 <= value <= 1.0 for value in run["shortcut_rate"])
+        records = [json.loads(line) for line in (tmp_path / name / "seed1" / name / "token_records.jsonl").open()]
+        assert [record["step"] for record in records] == [1] * 16 + [2] * 16, "every sample's records"
+        scored = [record for record in records if record["has_context"]]
+        assert scored, "failed samples get the narrowing feedback as teacher context"
+        assert all(record["solution"] is None and record["feedback"] for record in scored)
+        assert all((record["credit"] is None) == (name == "sdpo") for record in scored)
+    assert all(value is None for value in report["runs"]["sdpo"][0]["credit_answer"])  # SDPO has no contrast
+    table = (tmp_path / "results.md").read_text()
+    assert "| sdpo | 1 |" in table and "held-out shortcut rate" in table
+    assert (tmp_path / "testbed.png").stat().st_size > 1000

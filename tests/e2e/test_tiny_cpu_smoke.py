@@ -71,6 +71,35 @@ def test_metrics_show_teacher_pass_baseline_and_update(run_dir):
         assert record["credit/teacher_ema_max_change"] > 0
 
 
+def test_token_records_and_the_credit_report_from_the_run(run_dir):
+    """The recipe's ``credit.token_records: 4`` through main_ppo: 4 samples a step, CREDIT's reward of each
+    token the default form's ``(T - S) - 0.25 * (g - S)``, and the report page built from the run folder."""
+    from credit_plugin.report import write_report
+
+    lines = (run_dir / "credit/token_records.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [record["step"] for record in records] == [1] * 4 + [2] * 4
+    for record in records:
+        assert record["prompt"].startswith("user: Sort the digits:") and record["tokens"]
+        assert len(record["tokens"]) == len(record["credit"]) == len(record["teacher_log_probs"])
+        if not record["has_context"]:
+            continue
+        teacher, baseline, student = (
+            torch.tensor(record[key]) for key in ("teacher_log_probs", "baseline_log_probs", "student_log_probs")
+        )
+        torch.testing.assert_close(torch.tensor(record["sdpo"]), teacher - student, rtol=0, atol=1e-4)
+        expected = (teacher - student) - 0.25 * (baseline - student)
+        torch.testing.assert_close(torch.tensor(record["credit"]), expected, rtol=0, atol=1e-4)
+        assert record["feedback"] or record["solution"], "a sample with a teacher context saw feedback or a solution"
+    assert any(record["has_context"] for record in records)
+    metrics = [json.loads(line)["data"] for line in (run_dir / "credit/metrics.jsonl").read_text().splitlines()]
+    assert all(-1 <= record["credit/advantage_correlation"] <= 1 for record in metrics)
+    assert all("credit/generic_share" in record for record in metrics)
+    page = write_report(run_dir / "credit").read_text()
+    assert page.count('data-key="credit"') == sum(len(record["tokens"]) for record in records)
+    assert page.count("<svg") >= 5
+
+
 def test_actor_moved_and_teacher_followed_the_ema_rule(run_dir, tiny_cpu_assets):
     checkpoints = run_dir / "credit/checkpoints"
     teacher = _weights(tiny_cpu_assets / "model/model.safetensors")

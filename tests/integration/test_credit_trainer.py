@@ -4,6 +4,9 @@ the formula computed with plain transformers forwards."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import ray
@@ -266,6 +269,39 @@ def test_pmi_form_subtracts_the_policys_scores_under_the_swapped_prompts(stack, 
     uids = np.array([f"pmi-{teacher}-{group}" for group, *_ in SAMPLES], dtype=object)
     expected = _expected_advantages(model_dir, tokenizer, trainer.credit, uids)
     _assert_rows_close(advantages, expected, metrics["credit/loss_scale"])
+
+
+def test_token_records_hold_the_steps_rewards_texts_and_generic_credit_metrics(stack, model_dir, tokenizer, tmp_path):
+    """``credit.token_records``: the trainer's hook writes the chosen samples' per-token scores, equal to the
+    formula rebuilt with transformers, with the prompt, feedback and sibling solution the teacher saw."""
+    config, worker_group = stack
+    trainer = _trainer(config, worker_group, tokenizer, "current")
+    trainer.credit = dataclasses.replace(trainer.credit, token_records=4, token_records_dir=str(tmp_path / "run"))
+    _, metrics, _ = _run_compute_advantage(trainer, worker_group, (), prefix="records-")
+
+    uids = np.array([f"records-{group}" for group, *_ in SAMPLES], dtype=object)
+    expected = _expected_advantages(model_dir, tokenizer, trainer.credit, uids)
+    lines = (tmp_path / "run/token_records.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    # the three samples with a teacher context (rows 1, 2, 3), then one without (row 0, first of its kind)
+    assert [record["row"] for record in records] == [1, 2, 3, 0]
+    for record in records:
+        group, text, score, feedback = SAMPLES[record["row"]]
+        assert record["step"] == STEP and record["outcome"] == score
+        assert record["prompt"] == f"user: {QUESTIONS[group]}"
+        assert "".join(record["tokens"]) == text + "<|im_end|>"
+        want = expected[record["row"]]
+        if record["has_context"]:
+            torch.testing.assert_close(torch.tensor(record["credit"]).double(), want, rtol=0, atol=1e-4)
+            torch.testing.assert_close(torch.tensor(record["advantage"]).double(), want, rtol=0, atol=1e-4)
+            sdpo = torch.tensor(record["teacher_log_probs"]) - torch.tensor(record["student_log_probs"])
+            torch.testing.assert_close(torch.tensor(record["sdpo"]), sdpo, rtol=0, atol=1e-4)
+        else:
+            assert not any(record["sdpo"]) and not any(record["credit"])
+    by_row = {record["row"]: record for record in records}
+    assert by_row[1]["solution"] == "Answer: 5" and by_row[1]["feedback"] is None  # a sibling solved it
+    assert by_row[2]["feedback"] == SAMPLES[2][3] and by_row[2]["solution"] is None
+    assert -1 <= metrics["credit/advantage_correlation"] <= 1 and "credit/generic_share" in metrics
 
 
 def test_trust_region_teacher_mixes_frozen_and_current_logits(stack, model_dir, tokenizer, tmp_path):

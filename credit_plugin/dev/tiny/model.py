@@ -18,6 +18,7 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -197,13 +198,23 @@ def _warmup_cosine(step: int, spec: TinyModelSpec) -> float:
     return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def pretrain(model: transformers.Qwen2ForCausalLM, tokenizer, spec: TinyModelSpec, seed: int) -> list[float]:
-    """Fit ``model`` in place on freshly sampled task problems; returns the loss of every step."""
+def pretrain(
+    model: transformers.Qwen2ForCausalLM,
+    tokenizer,
+    spec: TinyModelSpec,
+    seed: int,
+    sequences: Callable[..., tuple[list[list[int]], list[int]]] = training_sequences,
+) -> list[float]:
+    """Fit ``model`` in place on freshly sampled task problems; returns the loss of every step.
+
+    ``sequences`` makes each batch (:func:`training_sequences`'s signature); the controlled testbed
+    (``credit_plugin.dev.tiny.testbed``) passes its own.
+    """
     rng = random.Random(seed)
     # Reprompts only join once the task itself is partly learned: mixed in from the start they stall it.
     first_reprompt_step = int(spec.teacher_context_start * spec.pretrain_steps)
     batches = [
-        training_sequences(
+        sequences(
             tokenizer,
             spec.batch_size,
             rng,
@@ -217,8 +228,8 @@ def pretrain(model: transformers.Qwen2ForCausalLM, tokenizer, spec: TinyModelSpe
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_warmup_cosine, spec=spec))
     model.train()
     losses = []
-    for sequences, prompt_lens in batches:
-        input_ids, attention_mask, labels = pad_batch(sequences, prompt_lens, tokenizer.pad_token_id)
+    for batch, prompt_lens in batches:
+        input_ids, attention_mask, labels = pad_batch(batch, prompt_lens, tokenizer.pad_token_id)
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
         optimizer.zero_grad(set_to_none=True)
@@ -230,21 +241,30 @@ def pretrain(model: transformers.Qwen2ForCausalLM, tokenizer, spec: TinyModelSpe
     return losses
 
 
-def _stamp(seed: int, spec: TinyModelSpec) -> dict:
+def _stamp(seed: int, spec: TinyModelSpec, extra: dict | None = None) -> dict:
     # Through JSON so that it compares equal to a stamp read back from disk (tuples become lists).
-    return json.loads(json.dumps({"recipe_version": RECIPE_VERSION, "seed": seed, "spec": dataclasses.asdict(spec)}))
+    stamp = {"recipe_version": RECIPE_VERSION, "seed": seed, "spec": dataclasses.asdict(spec), **(extra or {})}
+    return json.loads(json.dumps(stamp))
 
 
-def build_tiny_model(out_dir: str | Path, seed: int = 0, spec: TinyModelSpec | None = None) -> Path:
+def build_tiny_model(
+    out_dir: str | Path,
+    seed: int = 0,
+    spec: TinyModelSpec | None = None,
+    sequences: Callable[..., tuple[list[list[int]], list[int]]] = training_sequences,
+    stamp_extra: dict | None = None,
+) -> Path:
     """Build (or reuse) the pre-trained tiny model in ``out_dir`` and return that path.
 
-    A directory whose stamp matches ``seed`` and ``spec`` is reused as is; anything else there is replaced.
-    Pre-training uses one CPU thread so that the weights depend only on the seed and the spec.
+    A directory whose stamp matches ``seed``, ``spec`` and ``stamp_extra`` is reused as is; anything else there is
+    replaced. Pre-training uses one CPU thread so that the weights depend only on the seed and the spec.
+    ``sequences`` and ``stamp_extra`` are the controlled testbed's (``credit_plugin.dev.tiny.testbed``): its
+    batches, and what names its recipe in the stamp.
     """
     spec = spec or TinyModelSpec()
     out_dir = Path(out_dir)
     stamp_path = out_dir / STAMP_FILE
-    wanted = _stamp(seed, spec)
+    wanted = _stamp(seed, spec, stamp_extra)
     if stamp_path.exists() and {k: v for k, v in json.loads(stamp_path.read_text()).items() if k in wanted} == wanted:
         return out_dir
 
@@ -255,7 +275,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, spec: TinyModelSpec | N
         torch.manual_seed(seed)
         model = transformers.Qwen2ForCausalLM(tiny_model_config(tokenizer, spec))
         start = time.perf_counter()
-        losses = pretrain(model, tokenizer, spec, seed)
+        losses = pretrain(model, tokenizer, spec, seed, sequences)
         seconds = time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
