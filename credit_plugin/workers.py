@@ -212,6 +212,9 @@ class ShardedSafetensorsWriter:
         self.shard: dict[str, torch.Tensor] = {}
         self.shard_bytes = self.peak_bytes = self.total_bytes = 0
         self.files: list[list[str]] = []  # tensor names of each written shard
+        # A save killed before verl marked its step complete may have left files here; the step is saved again
+        # after resuming from the previous one, and a stale index or shard must not mix into the new files.
+        shutil.rmtree(folder, ignore_errors=True)
         os.makedirs(folder, exist_ok=True)
 
     def add(self, name: str, tensor: torch.Tensor) -> None:

@@ -13,7 +13,7 @@ from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import validate_config
 
 from credit_plugin.config import CreditConfig
-from credit_plugin.trainer import CreditTrainer
+from credit_plugin.trainer import CreditTrainer, check_ema_ref_dtype
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "megatron"
 # recipe -> (tensor-parallel size, GPUs, attention heads and KV heads of its model, which TP must divide)
@@ -49,6 +49,9 @@ def test_recipe_composes_over_verls_megatron_config_and_validates(name):
     trainer = CreditTrainer.__new__(CreditTrainer)
     trainer.credit = CreditConfig.from_dict(config.credit)
     trainer._check_megatron(config.actor_rollout_ref)
+    # the bf16 ref serves the ema teacher (the worker keeps the EMA state in fp32): not refused at start-up
+    assert trainer.credit.teacher == "ema" and ref.megatron.dtype == "bfloat16"
+    check_ema_ref_dtype(config.actor_rollout_ref)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -371,6 +371,11 @@ def test_a_kill_during_the_checkpoint_resumes_from_the_last_complete_step(tmp_pa
     resumed._load_checkpoint()
     assert resumed.global_steps == 1
     assert resumed.actor_rollout_wg.loaded == [os.path.join(latest, "actor"), os.path.join(latest, "teacher")]
+    # step 2 again after the resume: the killed save's leftovers do not mix into the new teacher
+    resumed.global_steps = 2
+    resumed._save_checkpoint()
+    assert sorted(path.name for path in (tmp_path / "global_step_2/teacher").iterdir()) == ["model.safetensors"]
+    assert (tmp_path / "latest_checkpointed_iteration.txt").read_text() == "2"
 
 
 def test_teacher_folders_rotate_after_the_step_is_marked_complete(tmp_path):
