@@ -24,7 +24,7 @@ from credit_plugin import distill
 from credit_plugin.logit_engines import DISTILL_MASK, STUDENT_TOPK, TARGET_TOPK, TOPK_IDS, flat_rows, padded_rows
 from credit_plugin.logit_workers import TEACHER_LABEL, TEACHER_TOPK
 from credit_plugin.reward_manager import EXTRA_FIELDS, reward_failure_metrics
-from credit_plugin.teacher_scoring import TEACHER_PASS_FIELDS, TeacherEngine, TeacherScorer
+from credit_plugin.teacher_scoring import TEACHER_PASS_FIELDS, TeacherEngine, TeacherScorer, batch_fields
 
 LOGIT_BATCH_KEYS = (TOPK_IDS, TARGET_TOPK, DISTILL_MASK)
 
@@ -128,19 +128,7 @@ class LogitTeacherScorer(TeacherScorer):
         if EXTRA_FIELDS in data.keys():
             metrics.update(reward_failure_metrics(list(data[EXTRA_FIELDS])))
 
-        rows = len(batch)
-        result = {
-            "teacher_log_probs": torch.zeros(rows, width),
-            "contrast_log_probs": torch.zeros(rows, teacher.num_negatives, width),
-            "self_distillation_mask": torch.zeros(rows),
-            # rows without a context whose plain teacher row was scored (credit/teacher_sanity_gap)
-            "teacher_sanity_rows": torch.zeros(rows, dtype=torch.bool),
-        }
-        index = torch.tensor(real, dtype=torch.long)
-        result["teacher_log_probs"][index] = labels[0].float()
-        result["contrast_log_probs"][index] = labels[1:].transpose(0, 1).float()
-        result["self_distillation_mask"][index] = teacher.self_distillation_mask.float()
-        result["teacher_sanity_rows"][index] = teacher.sanity_rows
+        result = batch_fields(len(batch), real, teacher, labels[0], labels[1:].transpose(0, 1))
         result.update(self._logit_rows(batch, real, lengths, ids, target, teacher.self_distillation_mask, k))
         return result
 

@@ -83,6 +83,33 @@ def data_parallel_size(wg: Any, mesh: str) -> int:
     return max(wg._dispatch_info[mesh]) + 1
 
 
+def batch_fields(
+    rows: int, real: list[int], teacher: TeacherBatch, teacher_lp: torch.Tensor, contrast_lp: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The token-level teacher fields of all ``rows`` rows of verl's batch, from the scores of its ``real`` rows.
+
+    Args:
+        rows: rows of verl's batch (padding rows included: they get zeros and mask 0).
+        real: length B, the batch row of each scored sample.
+        teacher: the :class:`TeacherBatch` of those B samples.
+        teacher_lp: shape (B, T); contrast_lp: shape (B, K, T).
+    """
+    width = teacher_lp.shape[-1]
+    result = {
+        "teacher_log_probs": torch.zeros(rows, width),
+        "contrast_log_probs": torch.zeros(rows, teacher.num_negatives, width),
+        "self_distillation_mask": torch.zeros(rows),
+        # rows without a context whose plain teacher row was scored (credit/teacher_sanity_gap)
+        "teacher_sanity_rows": torch.zeros(rows, dtype=torch.bool),
+    }
+    index = torch.tensor(real, dtype=torch.long)
+    result["teacher_log_probs"][index] = teacher_lp.float()
+    result["contrast_log_probs"][index] = contrast_lp.float()
+    result["self_distillation_mask"][index] = teacher.self_distillation_mask.float()
+    result["teacher_sanity_rows"][index] = teacher.sanity_rows
+    return result
+
+
 @dataclass(frozen=True)
 class TeacherScorer:
     """Scores the teacher pass of one step over the trainer's worker groups.
@@ -231,22 +258,10 @@ class TeacherScorer:
         if EXTRA_FIELDS in data.keys():
             metrics.update(reward_failure_metrics(list(data[EXTRA_FIELDS])))
 
-        rows = len(batch)
-        result = {
-            "teacher_log_probs": torch.zeros(rows, width),
-            "contrast_log_probs": torch.zeros(rows, teacher.num_negatives, width),
-            "self_distillation_mask": torch.zeros(rows),
-            # rows without a context whose plain teacher row was scored (credit/teacher_sanity_gap)
-            "teacher_sanity_rows": torch.zeros(rows, dtype=torch.bool),
-        }
-        index = torch.tensor(real, dtype=torch.long)
-        result["teacher_log_probs"][index] = teacher_lp.float()
-        result["contrast_log_probs"][index] = contrast_lp.float()
-        result["self_distillation_mask"][index] = teacher.self_distillation_mask.float()
-        result["teacher_sanity_rows"][index] = teacher.sanity_rows
+        result = batch_fields(len(batch), real, teacher, teacher_lp, contrast_lp)
         if self.credit.contrast_form == "pmi" and teacher.num_negatives:
-            result["student_contrast_log_probs"] = torch.zeros(rows, teacher.num_negatives, width)
+            result["student_contrast_log_probs"] = torch.zeros(len(batch), teacher.num_negatives, width)
             if teacher.self_distillation_mask.any():  # else no sample uses S': no call
                 student_lp = self.student_contrast(data, teacher, width, tokenizer)
-                result["student_contrast_log_probs"][index] = student_lp.float()
+                result["student_contrast_log_probs"][torch.tensor(real)] = student_lp.float()
         return result
