@@ -19,6 +19,7 @@ from credit_plugin.config import CreditConfig
 from credit_plugin.dev.cpu.workers import compose_cpu_config, create_worker_groups, ray_init_kwargs
 from credit_plugin.diagnostics import AdvantageDriftWatch
 from credit_plugin.logit_engines import DISTILL_MASK, STUDENT_TOPK, TARGET_TOPK, TOPK_IDS, unflat_rows
+from credit_plugin.teacher_scoring import TEACHER_PASS_FIELDS
 from credit_plugin.trainer import CreditTrainer
 from credit_plugin.workers import CreditActorRolloutRefWorker
 
@@ -80,9 +81,10 @@ def _trainer(config, worker_group, tokenizer) -> CreditTrainer:
     [("current", "student"), ("ema", "student"), ("trust_region", "student"), ("current", "teacher")],
 )
 def test_every_teacher_scores_the_support_in_one_call(stack, tiny_model_dir, tokenizer, teacher, topk_source):
-    """Before any update every teacher's weights are the student's: on samples without a teacher context (scored
-    under their own prompt) the teacher's log-probs at the ids are the student's, and its own top-k is the
-    student's. SDPO (lambda 0), so the target is the teacher's log-probs themselves."""
+    """Before any update every teacher's weights are the student's, so at lambda 0 (SDPO) the target on a sample
+    with a teacher context is that model's log-probs under the sample's reprompt, at the ids (the student's top-k,
+    or with ``topk_source=teacher`` the teacher's own top-k under the reprompt). Samples without a context are not
+    scored (one plain row for the sanity metric) and get no target."""
     config, worker_group = stack
     trainer = _trainer(config, worker_group, tokenizer)
     trainer.credit = dataclasses.replace(trainer.credit, teacher=teacher, topk_source=topk_source, contrast_coef=0.0)
@@ -96,25 +98,38 @@ def test_every_teacher_scores_the_support_in_one_call(stack, tiny_model_dir, tok
 
     metrics: dict = {}
     batch = trainer._compute_old_log_prob(batch, metrics)
+    # the same teacher batch the trainer builds (SDPO: no negatives, so nothing random in it)
+    scorer = trainer._teacher_scorer()
+    data = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=list(TEACHER_PASS_FIELDS))
+    teacher_batch = scorer.teacher_batch(data, len(batch), tokenizer, trainer.global_steps, scorer.engine())
     worker_group.compute_teacher_topk = counted
     try:
         batch = trainer._compute_advantage(batch, metrics)
     finally:
         worker_group.compute_teacher_topk = original
-    assert calls == [len(batch)], "one worker call for the teacher pass (SDPO: one variant per sample)"
+    assert calls == [teacher_batch.num_rows], "one worker call for the teacher pass (the scored rows and padding)"
+    assert teacher_batch.num_rows - teacher_batch.num_padding_rows < 2 * len(batch)  # no-context samples skipped
     fields = [TOPK_IDS, TARGET_TOPK, DISTILL_MASK, "prompts", "responses"]
     stored = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=fields)
     ids, target = unflat_rows(stored[TOPK_IDS], TOPK), unflat_rows(stored[TARGET_TOPK], TOPK)
-    without_context = [row for row, mask in enumerate(stored[DISTILL_MASK].unbind(0)) if mask.sum() == 0]
-    assert len(without_context) == 3
+    context = [mask.sum() > 0 for mask in stored[DISTILL_MASK].unbind(0)]
+    assert sum(not c for c in context) == 3 and any(context)
     model = load_model(tiny_model_dir)
-    for row in without_context:
-        prompt, response = stored["prompts"][row].tolist(), stored["responses"][row].tolist()
-        log_probs = torch.log_softmax(response_logits(model, prompt, response), -1)
+    for row, has_context in enumerate(context):
+        if not has_context:
+            assert not target[row].any(), f"row {row}: a sample without a context has no target"
+            continue
+        response = stored["responses"][row].tolist()
+        sequence = teacher_batch.data["input_ids"][int(teacher_batch.row_index[0, row])].tolist()
+        log_probs = torch.log_softmax(response_logits(model, sequence[: -len(response)], response), -1)
         got = log_probs.gather(-1, ids[row])
         torch.testing.assert_close(target[row].double(), got, rtol=0, atol=1e-4, msg=f"{teacher}, row {row}")
+        # the support: the teacher's own top-k under the reprompt, or the student's under the rollout prompt
+        if topk_source == "student":
+            log_probs = torch.log_softmax(response_logits(model, stored["prompts"][row].tolist(), response), -1)
+        chosen = log_probs.gather(-1, ids[row])
         outside = log_probs.scatter(-1, ids[row], float("-inf")).max(-1).values
-        assert torch.all(got.min(-1).values >= outside - 1e-5), f"row {row}: not the top-{TOPK} ({topk_source}'s)"
+        assert torch.all(chosen.min(-1).values >= outside - 1e-5), f"row {row}: not the {topk_source}'s top-{TOPK}"
     assert metrics["credit/teacher_sanity_gap"] < 1e-4
 
 
