@@ -80,9 +80,10 @@ class LogitTeacherScorer(TeacherScorer):
         row_sample[teacher.row_index[scored]] = scored.nonzero()[:, 1]
         row_lengths = [int(n) for n in teacher.data["responses"].offsets().diff()]
         if student_source:
-            ids = [row.reshape(-1, credit.topk) for row in data[TOPK_IDS].unbind(0)]
-            student = [row.reshape(-1, credit.topk) for row in data[STUDENT_TOPK].unbind(0)]
-            k = ids[0].shape[-1]  # k clamped to the vocabulary by the old pass
+            # k as the old pass stored it: it clamps credit.topk to the vocabulary
+            k = data[TOPK_IDS].values().numel() // max(sum(lengths), 1)
+            ids = [row.reshape(-1, k) for row in data[TOPK_IDS].unbind(0)]
+            student = [row.reshape(-1, k) for row in data[STUDENT_TOPK].unbind(0)]
             teacher.data[TOPK_IDS] = flat_rows(
                 [
                     ids[i] if i >= 0 else torch.zeros(n, k, dtype=torch.long)
