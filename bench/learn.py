@@ -396,6 +396,13 @@ def main() -> None:
     parser.add_argument(
         "--testbed", action="store_true", help="the controlled testbed (narrowing feedback, planted shortcut)"
     )
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="where the tiny model is built or, when its stamp matches, reused (default <out>/assets/model; the "
+        "demo's <assets>/model holds the same model)",
+    )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     setting = Setting(steps=args.steps, lr=args.lr, extra=args.overrides)
@@ -423,7 +430,7 @@ def main() -> None:
         initial = testbed.evaluate(model, model, val, samples=setting.val_samples)
         initial_greedy = initial["success_greedy"]
     else:
-        model = build_tiny_model(assets / "model", seed=0, spec=TinyModelSpec())
+        model = build_tiny_model(args.model_dir or assets / "model", seed=0, spec=TinyModelSpec())
         train, val = write_parquet(assets / "data", setting.n_train, setting.n_val, seed=0, kinds=setting.kinds)
         initial_greedy = greedy_success(model, model, val)
     results = {"setting": vars(setting), "testbed": args.testbed, "runs": {}}

@@ -97,6 +97,16 @@ def tiny_cpu_assets(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("tiny_cpu_assets")
 
 
+@pytest.fixture(scope="session")
+def tiny_task_model(tiny_cpu_assets) -> Path:
+    """The demo's pre-trained tiny model (seed 0, default spec) where the demo script keeps it in
+    ``tiny_cpu_assets``: the first test that needs it builds it (minutes of pre-training), every later test and
+    end-to-end run of the session reuses it (``build_tiny_model`` reuses a folder whose stamp matches)."""
+    from credit_plugin.dev.tiny.model import build_tiny_model
+
+    return build_tiny_model(tiny_cpu_assets / "model", seed=0)
+
+
 # ------------------------------------------------------------------ test tiers
 
 

@@ -184,9 +184,9 @@ def _content_of(tokenizer, prompt_ids: list[int]) -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """The demo's model exactly as shipped (default spec), built once per session."""
-    return build_tiny_model(tmp_path_factory.mktemp("tiny_model"), seed=0)
+def tiny_model_dir(tiny_task_model):
+    """The demo's model exactly as shipped (default spec), built once per session and shared with the e2e runs."""
+    return tiny_task_model
 
 
 @pytest.mark.slow  # builds the demo model (minutes: pre-training)

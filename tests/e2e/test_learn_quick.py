@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-# its first run builds the tiny model, then two main_ppo runs: over pytest.ini's 600 s on a busy machine
+# two main_ppo runs (and the tiny model, if no test built it before): over pytest.ini's 600 s on a busy machine
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_quick_learning_bench_measures_held_out_success_before_and_after(tmp_path):
-    command = [sys.executable, str(REPO / "bench/learn.py"), "--quick", "--out", str(tmp_path)]
+def test_quick_learning_bench_measures_held_out_success_before_and_after(tmp_path, tiny_task_model):
+    learn = [sys.executable, str(REPO / "bench/learn.py")]
+    command = [*learn, "--quick", "--out", str(tmp_path), "--model-dir", str(tiny_task_model)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1500, cwd=REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "results.json").read_text())
