@@ -281,12 +281,8 @@ class CreditSteps:
         assert_registered()
         check_mirrored_upstream()
         self.credit = check_start_up(config)
-        self.check_trainer_mode(config)
         self.advantage_watch = AdvantageDriftWatch()
         super().__init__(config)
-
-    def check_trainer_mode(self, config: DictConfig) -> None:
-        """Refuse the combinations of ``credit:`` options and this trainer mode that are not served (none in sync)."""
 
     # The base class reads ``trainer_mode`` from the config and compares it with "sync" in several places
     # (replay buffer, dataloader, checkpoints) and reads ``trainer.v1.<mode>`` options: registered as "credit"
