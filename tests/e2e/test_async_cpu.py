@@ -40,6 +40,9 @@ def test_credit_runs_under_colocate_async(tmp_path, tiny_cpu_assets):
     assert second["training/off_policy/trajectory_staleness_worst/max"] >= 1
     # step 1: the EMA teacher is still the initial model and the actor has not moved, so a plain (context-free)
     # teacher row reproduces old_log_probs; step 2: the teacher (EMA) and the student (actor) differ
+    # the student is old_log_probs, recomputed on the actor: at step 2 it differs from the log-probs the rollout
+    # recorded under version 0 (at step 1 both are the initial weights)
+    assert first["training/rollout_probs_diff_max"] < 1e-4 < second["training/rollout_probs_diff_max"]
     if "credit/teacher_sanity_gap" in first:
         assert first["credit/teacher_sanity_gap"] < 1e-3
     step = tmp_path / f"credit/checkpoints/global_step_{STEPS}"
