@@ -51,6 +51,7 @@ def register_hf_cpu_rollout() -> None:
 
 def register() -> None:
     """Register CREDIT's estimators and apply the patches they need (idempotent)."""
+    import credit_plugin.async_trainers  # noqa: F401  (registers credit_colocate_async, credit_separate_async)
     import credit_plugin.estimators  # noqa: F401  (registers by decorator on first import)
     import credit_plugin.reward_manager  # noqa: F401  (registers reward manager "credit")
     import credit_plugin.trainer  # noqa: F401  (registers trainer_mode "credit")

@@ -36,6 +36,7 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
 from verl.workers.utils.padding import response_to_nested
 
+from credit_plugin.async_modes import check_async_mode
 from credit_plugin.config import CreditConfig
 from credit_plugin.diagnostics import AdvantageDriftWatch, generic_credit_stats, token_advantage_stats
 from credit_plugin.estimators import ESTIMATORS, SDPO, TEACHER_BATCH_KEYS
@@ -246,6 +247,7 @@ def check_start_up(config: DictConfig) -> CreditConfig:
         The ``credit:`` options the run acts on (:func:`credit_options`).
     """
     credit = credit_options(config)
+    check_async_mode(config, credit)
     section = config.actor_rollout_ref
     if section.actor.get("strategy") == "megatron":
         check_megatron(section, credit)
@@ -259,9 +261,21 @@ def check_start_up(config: DictConfig) -> CreditConfig:
     return credit
 
 
-@register_trainer(TRAINER_MODE)
-class CreditTrainer(PPOTrainerSync):
-    """verl's ``PPOTrainerSync`` with CREDIT's teacher pass before the advantage estimator."""
+class CreditSteps:
+    """CREDIT's steps over any of verl's v1 trainer classes: the teacher pass before the advantage estimator, the
+    EMA teacher's step after each actor update, its checkpoint, and the plugin's worker.
+
+    Mixed in before a verl trainer class (``class T(CreditSteps, PPOTrainerSync)``), so each override here runs
+    CREDIT's part around verl's own method of that class (``super()``); only ``_compute_advantage`` mirrors a
+    verl body (pinned by :func:`check_mirrored_upstream`). ``VERL_MODE`` is the verl trainer mode whose semantics
+    the class keeps (``credit_plugin.async_trainers`` adds the asynchronous ones).
+    """
+
+    # verl's trainer mode of the class mixed with (its replay buffer, dataloader refill, checkpoint contents,
+    # ``trainer.v1.<mode>`` options).
+    VERL_MODE = "sync"
+    # The worker class the plugin puts in the actor's role (its EMA, trust-region and logit-level methods).
+    WORKER = CreditActorRolloutRefWorker
 
     def __init__(self, config: DictConfig):
         assert_registered()
@@ -271,15 +285,16 @@ class CreditTrainer(PPOTrainerSync):
         super().__init__(config)
 
     # The base class reads ``trainer_mode`` from the config and compares it with "sync" in several places
-    # (replay buffer, dataloader, checkpoints): registered as "credit" it would silently get async
-    # semantics. This attribute answers "sync" while the config (logged, saved) keeps what the user set.
+    # (replay buffer, dataloader, checkpoints) and reads ``trainer.v1.<mode>`` options: registered as "credit"
+    # it would silently get async semantics and no options. This attribute answers the verl mode the class
+    # keeps, while the config (logged, saved) keeps what the user set.
     @property
     def trainer_mode(self) -> str:
-        return "sync"
+        return self.VERL_MODE
 
     @trainer_mode.setter
     def trainer_mode(self, value: str) -> None:
-        """verl's ``__init__`` assigns the configured name (``credit``); the sync semantics stay."""
+        """verl's ``__init__`` assigns the configured name (e.g. ``credit``); the class's verl mode stays."""
 
     def _check_megatron(self, config: DictConfig) -> None:
         """Refuse Megatron settings the teacher pass cannot serve, naming the option."""
@@ -309,7 +324,7 @@ class CreditTrainer(PPOTrainerSync):
             del self.role_worker_mapping[role]
             self.mapping[Role.ActorRolloutRef] = self.mapping.pop(role)
             role = Role.ActorRolloutRef
-        self.role_worker_mapping[role] = ray.remote(CreditActorRolloutRefWorker)
+        self.role_worker_mapping[role] = ray.remote(self.WORKER)
 
     def _setup(self):
         super()._setup()
@@ -537,3 +552,8 @@ class CreditTrainer(PPOTrainerSync):
         output.update(logit_fields)
         output = TensorDict(output, batch_size=len(batch))
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
+
+
+@register_trainer(TRAINER_MODE)
+class CreditTrainer(CreditSteps, PPOTrainerSync):
+    """verl's ``PPOTrainerSync`` with CREDIT's teacher pass before the advantage estimator."""

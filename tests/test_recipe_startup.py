@@ -21,10 +21,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
+from verl.trainer.ppo.v1 import get_trainer_cls
 from verl.utils.config import omega_conf_to_dataclass, validate_config
 
+from credit_plugin.async_modes import COLOCATE_ASYNC, VERL_MODES
 from credit_plugin.scorers import check_options
-from credit_plugin.trainer import REF_TEACHERS, TRAINER_MODE, CreditTrainer, check_start_up
+from credit_plugin.trainer import REF_TEACHERS, check_start_up
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -83,7 +85,7 @@ def _ref_as_the_worker_reads_it(config: DictConfig) -> DictConfig:
 
 def start_up(config: DictConfig) -> None:
     """What a run checks before its first step (see the module docstring); raises what the run would raise."""
-    credit_mode = config.trainer.v1.trainer_mode == TRAINER_MODE
+    credit_mode = config.trainer.v1.trainer_mode in VERL_MODES
     validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     arr = config.actor_rollout_ref
     sections = [arr.rollout, arr.rollout.checkpoint_engine]
@@ -98,7 +100,8 @@ def start_up(config: DictConfig) -> None:
         omega_conf_to_dataclass(section)
     check_options(config.reward.get("reward_kwargs") or {}, where="reward.reward_kwargs")
     if credit_mode:
-        trainer = CreditTrainer.__new__(CreditTrainer)
+        cls = get_trainer_cls(config.trainer.v1.trainer_mode)
+        trainer = cls.__new__(cls)
         trainer.config = config
         trainer.credit = check_start_up(config)
         trainer._init_resource_pool_mgr()  # the teacher's engine and worker (no Ray actor is started)
@@ -123,6 +126,20 @@ def test_paper_recipe_starts(task, algo, model, tmp_path):
     config = _paper(task, algo, model, tmp_path)
     assert config.actor_rollout_ref.actor.strategy == "fsdp2" and config.actor_rollout_ref.rollout.name == "vllm"
     start_up(config)
+
+
+@pytest.mark.parametrize("model", launch.MODELS)
+@pytest.mark.parametrize("task", launch.TASKS)
+def test_paper_recipe_starts_in_colocate_async_mode(task, model, tmp_path):
+    """``recipes/paper/mode/colocate_async.yaml`` over the paper's CREDIT run, as ``launch.py ... -- +mode=...``."""
+    name = launch.run_name(task, "credit", model, 0)
+    overrides, _ = launch.overrides(task, "credit", model, 0, name, "group", tmp_path, data_dir=tmp_path)
+    config = _compose(RECIPES / "paper", task, [*overrides, "+mode=colocate_async"])
+    assert config.trainer.v1.trainer_mode == COLOCATE_ASYNC and config.credit.granularity == "logit"
+    start_up(config)
+    config.algorithm.rollout_correction.rollout_is = "token"  # not applied by the logit-level loss: refused
+    with pytest.raises(ValueError, match="algorithm.rollout_correction.rollout_is=token"):
+        start_up(config)
 
 
 @pytest.mark.parametrize("algo", list(gpu_smoke.ALGOS))
