@@ -42,6 +42,8 @@ from credit_plugin.vocab_shards import shard_gather, shard_normalizer, shard_top
 
 # Per-position outputs of the recorder's hook (verl lays them out per sequence for the loss call).
 _IDS, _TOPK, _LABEL = "credit_record_ids", "credit_record_topk", "credit_record_label"
+# verl returns them from the pass too ((B, L_i, k) per sequence): the worker drops them, the records have them.
+RECORD_FIELDS = (_IDS, _TOPK, _LABEL)
 
 
 class TensorParallelCollectives:

@@ -30,6 +30,7 @@ from credit_plugin.logit_engines import (
     TopkRecorder,
     flat_rows,
 )
+from credit_plugin.logit_megatron import RECORD_FIELDS
 from credit_plugin.trust_region_engines import engine_logits, megatron_engine_logits
 
 TEACHER_TOPK, TEACHER_LABEL = "credit_teacher_topk", "credit_teacher_label"
@@ -89,6 +90,9 @@ class LogitLevelWorkerMixin:
         output, rows = _run_recorder(self.actor, data, recorder, super().compute_log_prob)
         if output is None:
             return None
+        for field in RECORD_FIELDS:  # the Megatron hook's per-position values, already in the records
+            if field in output.keys():
+                del output[field]
         output[TOPK_IDS] = flat_rows(rows["ids"])
         output[STUDENT_TOPK] = flat_rows(rows["topk"])
         return output
