@@ -159,8 +159,16 @@ class LogitLevelWorkerMixin:
         engine = self.actor.engine
         megatron = _backend(engine) == "megatron"
         logits_of = megatron_engine_logits if megatron else engine_logits
-        if self.ref is None and not (megatron or hasattr(engine.module, "disable_adapter")):
-            raise RuntimeError("the trust-region teacher needs a frozen model: a ref engine or a LoRA actor")
+        if self.ref is None and (megatron or not hasattr(engine.module, "disable_adapter")):
+            raise RuntimeError(
+                "the trust-region teacher needs a frozen model: a ref engine (role actor_rollout_ref), or on FSDP "
+                f"a LoRA actor; this worker has role {self.role!r}"
+            )
+        if megatron:
+            # the mix is elementwise on each rank's shard: the frozen model's shard must be the actor's
+            from credit_plugin.workers import check_same_layout
+
+            check_same_layout(self.ref.engine.engine_config, engine.engine_config, teacher="trust_region")
 
         def frozen(micro_batch: TensorDict) -> torch.Tensor:
             if self.ref is not None:
