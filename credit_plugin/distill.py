@@ -233,10 +233,62 @@ def per_token_distillation_loss(
         shape (B, T).
     """
     _check_alpha(alpha)
-    mask = response_mask.bool()
     student_log_probs, teacher_log_probs = bucketed_log_probs(
         student_logits, teacher, response_mask, topk, add_tail, topk_source, topk_indices
     )
+    return _weighted_divergence(
+        student_log_probs, teacher_log_probs, response_mask, alpha, is_clip, log_prob, old_log_prob
+    )
+
+
+def per_token_topk_loss(
+    student_topk: torch.Tensor,
+    teacher_topk: torch.Tensor,
+    response_mask: torch.Tensor,
+    add_tail: bool = True,
+    alpha: float = 0.5,
+    is_clip: float | None = 2.0,
+    log_prob: torch.Tensor | None = None,
+    old_log_prob: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`per_token_distillation_loss` at given ids from the student's top-k log-probs rather than its logits.
+
+    For callers that never hold a position's full logits (vocabulary shards under tensor parallelism,
+    ``credit_plugin.vocab_shards``): with ``student_topk = log_softmax(student_logits).gather(-1, ids)`` it is
+    ``per_token_distillation_loss(student_logits, teacher_topk, ..., topk_indices=ids)``.
+
+    Args:
+        student_topk: shape (B, T, k), the student's log-probs normalised over the full vocabulary at the ids;
+            carries the gradient.
+        teacher_topk: shape (B, T, k), the target's log-probs at the same ids (full-vocabulary normalised).
+        response_mask, add_tail, alpha, is_clip, log_prob, old_log_prob: see :func:`per_token_distillation_loss`.
+
+    Returns:
+        shape (B, T).
+    """
+    _check_alpha(alpha)
+    mask = response_mask.bool()
+    student_topk = _finite_values("student top-k log-probs", _compute_dtype(student_topk), mask[..., None])
+    teacher_topk = _finite_values(
+        "teacher top-k log-probs", teacher_topk.detach().to(student_topk.dtype), mask[..., None]
+    )
+    bucket = add_tail_bucket if add_tail else renormalize
+    return _weighted_divergence(
+        bucket(student_topk), bucket(teacher_topk), response_mask, alpha, is_clip, log_prob, old_log_prob
+    )
+
+
+def _weighted_divergence(
+    student_log_probs: torch.Tensor,
+    teacher_log_probs: torch.Tensor,
+    response_mask: torch.Tensor,
+    alpha: float,
+    is_clip: float | None,
+    log_prob: torch.Tensor | None,
+    old_log_prob: torch.Tensor | None,
+) -> torch.Tensor:
+    """``is_weight * D_alpha(S || T)`` on bucketed log-probs (B, T, n), zero where ``response_mask`` (B, T) is 0."""
+    mask = response_mask.bool()
     loss = generalized_jsd(student_log_probs, teacher_log_probs, alpha)
     if is_clip is not None:
         if log_prob is None or old_log_prob is None:

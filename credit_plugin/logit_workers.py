@@ -7,7 +7,9 @@
 - ``update_actor``: verl's actor update; when the batch carries ``credit_logit`` (the loss options) the loss is
   :class:`credit_plugin.logit_engines.LogitDistillationLoss` through the engine's logits hook.
 
-FSDP engines only (the trainer refuses Megatron at logit level).
+On verl's FSDP engine the hook sees a micro-batch's full-vocabulary logits (``credit_plugin.logit_engines``); on
+its Megatron engine each tensor-parallel rank's vocabulary shard (``credit_plugin.logit_megatron``: top-k and
+normalisers across the shards, no rank holding more than its shard). The two share every batch field.
 """
 
 from __future__ import annotations
@@ -28,16 +30,34 @@ from credit_plugin.logit_engines import (
     TopkRecorder,
     flat_rows,
 )
-from credit_plugin.trust_region_engines import engine_logits
+from credit_plugin.logit_megatron import RECORD_FIELDS
+from credit_plugin.trust_region_engines import engine_logits, megatron_engine_logits
 
 TEACHER_TOPK, TEACHER_LABEL = "credit_teacher_topk", "credit_teacher_label"
 
 
-def _check_fsdp(engine) -> None:
-    if not isinstance(engine, FSDPEngineWithLMHead):
-        raise NotImplementedError(
-            f"credit.granularity=logit is implemented for verl's FSDP engine, not {type(engine).__name__}"
-        )
+def _backend(engine) -> str:
+    """``fsdp`` or ``megatron``: which of verl's engines ``engine`` is (no other serves the logit level)."""
+    if isinstance(engine, FSDPEngineWithLMHead):
+        return "fsdp"
+    try:
+        from verl.workers.engine.megatron.transformer_impl import MegatronEngineWithLMHead
+    except ImportError:  # megatron-core not installed: no Megatron engine can exist either
+        MegatronEngineWithLMHead = None  # noqa: N806
+    if MegatronEngineWithLMHead is not None and isinstance(engine, MegatronEngineWithLMHead):
+        return "megatron"
+    raise NotImplementedError(
+        f"credit.granularity=logit is implemented for verl's FSDP and Megatron engines, not {type(engine).__name__}"
+    )
+
+
+def _recorder(engine, topk: int, ids_field: str | None = None, transform=None) -> TopkRecorder:
+    """The top-k recorder of ``engine``'s backend (the Megatron one works on vocabulary shards)."""
+    if _backend(engine) == "megatron":
+        from credit_plugin.logit_megatron import MegatronTopkRecorder
+
+        return MegatronTopkRecorder(topk, ids_field, transform)
+    return TopkRecorder(topk, ids_field, transform)
 
 
 def _run_recorder(worker, data: TensorDict, recorder: TopkRecorder, call) -> tuple[TensorDict | None, dict]:
@@ -64,12 +84,15 @@ class LogitLevelWorkerMixin:
         topk = tu.pop(data, key="credit_topk", default=None)
         if topk is None:
             return super().compute_log_prob(data)
-        _check_fsdp(self.actor.engine)
+        recorder = _recorder(self.actor.engine, int(topk))
         # distillation_only stays False: verl takes its own log-probs (old_log_probs) in the same forward
         tu.assign_non_tensor(data, distillation_only=False)
-        output, rows = _run_recorder(self.actor, data, TopkRecorder(int(topk)), super().compute_log_prob)
+        output, rows = _run_recorder(self.actor, data, recorder, super().compute_log_prob)
         if output is None:
             return None
+        for field in RECORD_FIELDS:  # the Megatron hook's per-position values, already in the records
+            if field in output.keys():
+                del output[field]
         output[TOPK_IDS] = flat_rows(rows["ids"])
         output[STUDENT_TOPK] = flat_rows(rows["topk"])
         return output
@@ -98,14 +121,15 @@ class LogitLevelWorkerMixin:
         tu.assign_non_tensor(data, distillation_only=True)
         if self.actor is None:
             raise RuntimeError(f"the logit-level teacher pass needs the actor engine, got role {self.role!r}")
-        _check_fsdp(self.actor.engine)
+        backend = _backend(self.actor.engine)
         context = nullcontext()
         if teacher == "current":
             worker, transform = self.actor, None
         elif teacher in ("frozen", "ema"):
             if self.ref is not None:
                 worker, transform = self.ref, None
-                _check_fsdp(self.ref.engine)
+                if _backend(self.ref.engine) != backend:
+                    raise RuntimeError(f"the ref engine is not the actor's ({backend}): one backend for both")
             elif no_adapter:
                 worker, transform = self.actor, None
                 tu.assign_non_tensor(data, no_lora_adapter=True)
@@ -120,7 +144,8 @@ class LogitLevelWorkerMixin:
         else:
             raise ValueError(f"unknown credit.teacher {teacher!r}")
         with context:
-            output, rows = _run_recorder(worker, data, TopkRecorder(topk, ids_field, transform), worker.infer_batch)
+            recorder = _recorder(worker.engine, topk, ids_field, transform)
+            output, rows = _run_recorder(worker, data, recorder, worker.infer_batch)
         if output is None:
             return None
         result = {TEACHER_TOPK: flat_rows(rows["topk"]), TEACHER_LABEL: flat_rows(rows["label"])}
@@ -129,16 +154,27 @@ class LogitLevelWorkerMixin:
         return tu.get_tensordict(result)
 
     def _trust_region_transform(self, coef: float):
-        """``(1 - tau) * z_frozen + tau * z_actor`` of a micro-batch, in float32 (one micro-batch's logits)."""
+        """``(1 - tau) * z_frozen + tau * z_actor`` of a micro-batch, in float32 (one micro-batch's logits; on
+        Megatron this rank's vocabulary shard of both, the mix being elementwise)."""
         engine = self.actor.engine
-        if self.ref is None and not hasattr(engine.module, "disable_adapter"):
-            raise RuntimeError("the trust-region teacher needs a frozen model: a ref engine or a LoRA actor")
+        megatron = _backend(engine) == "megatron"
+        logits_of = megatron_engine_logits if megatron else engine_logits
+        if self.ref is None and (megatron or not hasattr(engine.module, "disable_adapter")):
+            raise RuntimeError(
+                "the trust-region teacher needs a frozen model: a ref engine (role actor_rollout_ref), or on FSDP "
+                f"a LoRA actor; this worker has role {self.role!r}"
+            )
+        if megatron:
+            # the mix is elementwise on each rank's shard: the frozen model's shard must be the actor's
+            from credit_plugin.workers import check_same_layout
+
+            check_same_layout(self.ref.engine.engine_config, engine.engine_config, teacher="trust_region")
 
         def frozen(micro_batch: TensorDict) -> torch.Tensor:
             if self.ref is not None:
-                return engine_logits(self.ref.engine, micro_batch)
+                return logits_of(self.ref.engine, micro_batch)
             with engine.disable_adapter():
-                return engine_logits(engine, micro_batch)
+                return logits_of(engine, micro_batch)
 
         def mix(micro_batch: TensorDict, logits: torch.Tensor) -> torch.Tensor:
             return torch.lerp(frozen(micro_batch).float(), logits.float(), coef)
@@ -152,10 +188,12 @@ class LogitLevelWorkerMixin:
         options = tu.pop(data, key="credit_logit", default=None)
         if options is None:
             return super().update_actor(data)
-        _check_fsdp(self.actor.engine)
+        loss_class = LogitDistillationLoss
+        if _backend(self.actor.engine) == "megatron":
+            from credit_plugin.logit_megatron import MegatronLogitDistillationLoss as loss_class
         tu.assign_non_tensor(data, distillation_use_topk=True, distillation_only=False)
         loss_fn = self.actor.loss_fn
-        self.actor.loss_fn = LogitDistillationLoss.from_json(self.loss_fn, options)
+        self.actor.loss_fn = loss_class.from_json(self.loss_fn, options)
         try:
             return super().update_actor(data)
         finally:

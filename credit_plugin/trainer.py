@@ -108,9 +108,15 @@ def check_logit_level(config: DictConfig) -> None:
     """Refuse the verl settings the logit-level path does not serve (docs/method.md, "Logit level"), naming each."""
     section = config.actor_rollout_ref
     actor = section.actor
+    megatron = (actor.get("megatron") or {}) if actor.get("strategy") == "megatron" else {}
     refusals = {
-        "actor_rollout_ref.actor.strategy=megatron (the logit level is FSDP-only so far)": actor.get("strategy")
-        == "megatron",
+        "actor_rollout_ref.actor.megatron.pipeline_model_parallel_size > 1 (the top-k passes read the logits on "
+        "every rank)": (megatron.get("pipeline_model_parallel_size", 1) or 1) > 1,
+        "actor_rollout_ref.actor.megatron.context_parallel_size > 1": (megatron.get("context_parallel_size", 1) or 1)
+        > 1,
+        "actor_rollout_ref.actor.megatron.dynamic_context_parallel=true": bool(
+            megatron.get("dynamic_context_parallel", False)
+        ),
         "actor_rollout_ref.actor.ulysses_sequence_parallel_size > 1": (
             actor.get("ulysses_sequence_parallel_size", 1) or 1
         )

@@ -39,7 +39,8 @@ DESCRIPTIONS = {
     "negative_aggregate": "how the K negatives' teacher log-probs combine: `mean` or `logmeanexp`",
     "negative_seed": "seed of the negative permutation; with the global step it makes the draw reproducible",
     "granularity": "`token`: the sampled token's reward is the advantage; `logit`: SDPO's top-k distillation with "
-    "a tail bucket, CREDIT's contrastive target on that support (FSDP only; `docs/method.md`, Logit level)",
+    "a tail bucket, CREDIT's contrastive target on that support (FSDP, and Megatron with tensor parallelism "
+    "only; `docs/method.md`, Logit level)",
     "topk": "`logit` granularity: number of token ids distilled per response token (clamped to the vocabulary)",
     "topk_source": "`logit` granularity: whose top-k ids: `student` (SDPO's default, recorded in the old log-prob "
     "pass) or `teacher` (the teacher's own top-k under the reprompt; SDPO only, `contrast_coef: 0`)",

@@ -62,8 +62,8 @@ def _smoke(algo: str, tmp: Path) -> DictConfig:
     return _compose(RECIPES / "paper", "smoke", command[command.index("smoke") + 1 :])
 
 
-def _megatron(name: str, teacher: str | None, tmp: Path) -> DictConfig:
-    overrides = [f"data.train_files={tmp / 't.parquet'}", f"data.val_files={tmp / 'v.parquet'}"]
+def _megatron(name: str, teacher: str | None, tmp: Path, extra: tuple[str, ...] = ()) -> DictConfig:
+    overrides = [f"data.train_files={tmp / 't.parquet'}", f"data.val_files={tmp / 'v.parquet'}", *extra]
     return _compose(RECIPES / "megatron", name, overrides + ([f"credit.teacher={teacher}"] if teacher else []))
 
 
@@ -161,6 +161,13 @@ def test_megatron_recipe_starts_with_the_other_teachers(name, teacher, tmp_path)
     start_up(_megatron(name, teacher, tmp_path))
 
 
+@pytest.mark.parametrize("teacher", ["ema", "trust_region"])
+@pytest.mark.parametrize("name", MEGATRON_NAMES)
+def test_megatron_recipe_starts_at_logit_level(name, teacher, tmp_path):
+    # the logit level runs on Megatron's tensor-parallel vocabulary shards (credit_plugin.logit_megatron)
+    start_up(_megatron(name, teacher, tmp_path, ("credit.granularity=logit", "credit.topk=100")))
+
+
 def test_tiny_cpu_recipe_starts(tmp_path):
     start_up(_tiny_cpu(tmp_path))
 
@@ -176,6 +183,10 @@ def test_the_check_refuses_what_a_gpu_run_would_refuse(tmp_path):
     config.actor_rollout_ref.actor.megatron.pipeline_model_parallel_size = 2
     config.actor_rollout_ref.ref.megatron.pipeline_model_parallel_size = 2
     with pytest.raises(ValueError, match="pipeline_model_parallel_size=1"):
+        start_up(config)
+    config = _megatron(MEGATRON_NAMES[0], "ema", tmp_path, ("credit.granularity=logit",))
+    config.actor_rollout_ref.actor.megatron.context_parallel_size = 2
+    with pytest.raises(ValueError, match="granularity=logit does not support .*context_parallel_size > 1"):
         start_up(config)
     config = _paper("sciknoweval", "credit", launch.MODELS[0], tmp_path)
     config.actor_rollout_ref.ref.fsdp_config.model_dtype = "bf16"

@@ -56,9 +56,22 @@ def _config(*overrides: str):
             "granularity=logit does not support actor_rollout_ref.model.use_fused_kernels=true",
         ),
         (
-            ["credit.granularity=logit", "actor_rollout_ref.actor.strategy=megatron"],
+            [
+                "credit.granularity=logit",
+                "model_engine=megatron",
+                "actor_rollout_ref.actor.megatron.pipeline_model_parallel_size=2",
+            ],
             ValueError,
-            "granularity=logit does not support actor_rollout_ref.actor.strategy=megatron",
+            "granularity=logit does not support actor_rollout_ref.actor.megatron.pipeline_model_parallel_size > 1",
+        ),
+        (
+            [
+                "credit.granularity=logit",
+                "model_engine=megatron",
+                "actor_rollout_ref.actor.megatron.context_parallel_size=2",
+            ],
+            ValueError,
+            "granularity=logit does not support actor_rollout_ref.actor.megatron.context_parallel_size > 1",
         ),
         (
             ["credit.granularity=logit", "algorithm.use_kl_in_reward=true"],

@@ -4,6 +4,8 @@ ranks); the EMA teacher's update, save and reload, and the trust-region mix, thr
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import ray
@@ -19,10 +21,12 @@ from test_credit_trainer import (
     _chat,
     _expected_advantages,
     _run_compute_advantage,
+    _store_batch,
 )
 from test_credit_trainer import _trainer as _fsdp_trainer
 from verl.workers.utils.padding import response_from_nested
 
+from credit_plugin import distill
 from credit_plugin.dev.cpu import megatron
 from credit_plugin.dev.cpu.workers import (
     build_log_prob_batch,
@@ -30,6 +34,8 @@ from credit_plugin.dev.cpu.workers import (
     create_worker_groups,
     ray_init_kwargs,
 )
+from credit_plugin.logit_engines import DISTILL_MASK, STUDENT_TOPK, TARGET_TOPK, TOPK_IDS, unflat_rows
+from credit_plugin.teacher_scoring import TEACHER_PASS_FIELDS
 from credit_plugin.workers import CreditActorRolloutRefWorker
 
 pytestmark = [
@@ -43,6 +49,7 @@ pytestmark = [
 VOCAB = 151936
 RATE = 0.25  # EMA rate, far from both ends so that a wrong update shows
 WORLD = 2
+LOGIT_TOPK = 8
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +248,66 @@ def test_ema_teacher_saves_and_reloads_through_the_tp2_workers(stack, model_dir,
     resaved = load_file(tmp_path / "resaved/model.safetensors")
     for name, tensor in resaved.items():
         torch.testing.assert_close(tensor, moved[name], rtol=0, atol=0, msg=name)
+
+
+def test_logit_level_at_tp2_records_top_k_scores_the_target_and_trains_on_distills_loss(stack, model_dir, tokenizer):
+    """``credit.granularity=logit`` on the TP=2 Megatron worker (each rank holding its vocabulary shard): the old
+    pass records the student's own top-k with full-vocabulary log-probs, the teacher pass (SDPO, the current
+    teacher) gives the teacher's log-probs under the reprompt at those ids, and the update's loss is
+    ``credit_plugin.distill`` on transformers' full-vocabulary logits, as the FSDP worker's
+    (tests/integration/test_logit_level.py). Last in the module: it trains the TP=2 actor."""
+    configs, groups = stack
+    trainer = _trainer(configs[2], groups[2], tokenizer, "current")
+    trainer.credit = dataclasses.replace(
+        trainer.credit, granularity="logit", topk=LOGIT_TOPK, alpha=0.5, is_clip=2.0, contrast_coef=0.0
+    )
+    batch = _store_batch(tokenizer, prefix="mcore-logit-")
+    metrics: dict = {}
+    batch = trainer._compute_old_log_prob(batch, metrics)
+    scorer = trainer._teacher_scorer()
+    data = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=list(TEACHER_PASS_FIELDS))
+    teacher_batch = scorer.teacher_batch(data, len(batch), tokenizer, trainer.global_steps, scorer.engine())
+    batch = trainer._compute_advantage(batch, metrics)
+    fields = ["prompts", "responses", "old_log_probs", TOPK_IDS, STUDENT_TOPK, TARGET_TOPK, DISTILL_MASK]
+    stored = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=fields)
+    ids_rows, student_rows = unflat_rows(stored[TOPK_IDS], LOGIT_TOPK), unflat_rows(stored[STUDENT_TOPK], LOGIT_TOPK)
+    target_rows, mask_rows = unflat_rows(stored[TARGET_TOPK], LOGIT_TOPK), list(stored[DISTILL_MASK].unbind(0))
+
+    every_id = torch.cat([ids.flatten() for ids in ids_rows])
+    assert (every_id < VOCAB // 2).any() and (every_id >= VOCAB // 2).any(), "top-k ids from both TP shards"
+
+    model = load_model(model_dir)
+    expected, tokens = 0.0, 0
+    for row in range(len(batch)):
+        prompt, response = stored["prompts"][row].tolist(), stored["responses"][row].tolist()
+        logits = response_logits(model, prompt, response)  # (R, V) float64, the actor's initial weights
+        log_probs, ids = torch.log_softmax(logits, -1), ids_rows[row]
+        # the student's own top-k across the two vocabulary shards, in order, with full-vocabulary log-probs
+        assert torch.equal(ids, torch.topk(log_probs, LOGIT_TOPK, -1).indices), f"row {row}: not the top-k"
+        torch.testing.assert_close(student_rows[row].double(), log_probs.gather(-1, ids), rtol=0, atol=1e-4)
+        if mask_rows[row].sum() > 0:  # a teacher context: the target is the teacher under the reprompt at the ids
+            sequence = teacher_batch.data["input_ids"][int(teacher_batch.row_index[0, row])].tolist()
+            teacher = torch.log_softmax(response_logits(model, sequence[: -len(response)], response), -1)
+            torch.testing.assert_close(target_rows[row].double(), teacher.gather(-1, ids), rtol=0, atol=1e-4)
+        per_token = distill.per_token_distillation_loss(
+            logits[None],
+            target_rows[row].double()[None],
+            mask_rows[row][None],
+            topk=LOGIT_TOPK,
+            add_tail=True,
+            alpha=0.5,
+            is_clip=2.0,
+            log_prob=label_log_probs(logits, response)[None],
+            old_log_prob=stored["old_log_probs"][row].double()[None],
+            topk_indices=ids[None],
+        )
+        expected += float(per_token.sum())
+        tokens += len(response)
+    expected = expected / tokens * metrics["credit/loss_scale"]
+    assert expected > 1e-3
+
+    update: dict = {}
+    trainer._update_actor(batch, update)
+    assert update["actor/credit/logit/loss"] == pytest.approx(expected, rel=1e-4)
+    assert update["actor/grad_norm"] > 0
+    assert 0 < update["actor/credit/logit/target_topk_mass"] < 1
