@@ -44,9 +44,9 @@ demo-compare: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run.py
 
-# Does the policy get better? GRPO, SDPO, CREDIT (defaults) and CREDIT at lambda 1 through main_ppo, 2 seeds,
-# held-out success before and after; writes runs/learn/results.{json,md} and learning.png (8 runs of 5 to 7
-# minutes each on 2 cores shared with other jobs).
+# Does the policy get better? GRPO, SDPO, CREDIT (defaults), CREDIT at lambda 1, and SDPO and CREDIT at logit
+# level through main_ppo, 2 seeds, held-out success before and after; writes runs/learn/results.{json,md} and
+# learning.png (12 runs of 5 to 7 minutes each on 2 cores shared with other jobs).
 learn: $(STAMP)
 	$(PY) bench/learn.py
 

@@ -66,6 +66,9 @@ def credit(name: str, *overrides: str) -> Variant:
     return Variant(name, "credit", overrides)
 
 
+LOGIT_LEVEL = ("credit.topk=100", "credit.distillation_add_tail=true", "credit.alpha=0.5", "credit.is_clip=2.0")
+
+
 VARIANTS = {
     variant.name: variant
     for variant in (
@@ -86,9 +89,14 @@ VARIANTS = {
             "credit.contrast_coef=1.0",
             "credit.contrast_centering=batch",
         ),
+        # Logit level (docs/method.md, "Logit level"): SDPO's published loss (top-100 of the student's ids, which
+        # here is 100 of the 512-token vocabulary, tail bucket, alpha 0.5, importance clip 2), and CREDIT's
+        # default contrast on the same loss.
+        Variant("sdpo_logit", "sdpo", ("credit.granularity=logit", *LOGIT_LEVEL)),
+        credit("credit_logit", "credit.granularity=logit", *LOGIT_LEVEL),
     )
 }
-DEFAULT_VARIANTS = ("grpo", "sdpo", "credit", "credit_reward_l1")
+DEFAULT_VARIANTS = ("grpo", "sdpo", "credit", "credit_reward_l1", "sdpo_logit", "credit_logit")
 # The lambda sweep of every form, one seed (``make learn-sweep``; its runs join the same results file).
 SWEEP_VARIANTS = (
     "credit_reward_l0.5",

@@ -11,6 +11,10 @@ Sections (each timing is the median of several runs after a warm-up; absolute mi
   with the real 151k vocabulary, dynamic batch size): CREDIT's ``1 + K`` variants in one call against the same
   rows in ``1 + K`` calls and against SDPO's single variant, and the ``trust_region`` teacher against the
   ``frozen`` one. Skipped with ``--no-workers``.
+- ``logit_teacher_pass``: the teacher pass at ``granularity: logit`` (``compute_teacher_topk``, top-100 ids per
+  response token, given or the teacher's own) against token level (``compute_ref_log_prob``) on the same rows
+  and worker: time and the worker's peak memory above its resting RSS (``peak_mb``). Skipped with
+  ``--no-workers``.
 - ``megatron_teacher_pass``: the CREDIT teacher pass (the ref engine's ``compute_ref_log_prob`` on the
   ``1 + K`` variants) on verl's hybrid Megatron worker at TP=2 (2 processes, CPU platform, vocabulary split
   over the two ranks) against verl's own ``compute_log_prob`` of the actor on the same rows and tokens. Both run
@@ -73,6 +77,7 @@ class Sizes:
     worker_repeats: int  # rounds of worker calls
     max_tokens: int  # the workers' log-prob token budget per micro-batch (dynamic batch size)
     code_samples: int  # code responses scored through the reward manager per round
+    topk: int  # k ids per response token of the logit-level teacher pass (SDPO's published 100)
 
 
 FULL = Sizes(
@@ -86,6 +91,7 @@ FULL = Sizes(
     worker_repeats=3,
     max_tokens=2048,
     code_samples=64,
+    topk=100,
 )
 QUICK = Sizes(
     batch=16,
@@ -98,6 +104,7 @@ QUICK = Sizes(
     worker_repeats=2,
     max_tokens=1024,
     code_samples=8,
+    topk=20,
 )
 
 
@@ -429,6 +436,92 @@ def bench_teacher_pass(tokenizer: PreTrainedTokenizerBase, sizes: Sizes) -> Rows
     }
 
 
+def _worker_status_kb(worker: Any, reset_peak: bool) -> tuple[int, int]:
+    """(VmRSS, VmHWM) in kB of a Ray worker process; ``reset_peak`` first resets its peak RSS to the current RSS
+    (Linux ``clear_refs`` 5), so the next peak belongs to the calls after it."""
+    import ray
+
+    def status(_: Any) -> tuple[int, int]:
+        if reset_peak:
+            with open("/proc/self/clear_refs", "w") as file:
+                file.write("5")
+        fields = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+        return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+    return ray.get(worker.__ray_call__.remote(status))
+
+
+def peak_mb(wg: Any, call: Callable[[], Any]) -> float:
+    """Peak resident memory of ``call``'s worker process above its resting RSS, in MiB (largest worker).
+
+    torch's CPU allocator keeps no statistics and verl's ``perf/max_memory_allocated_gb`` is the process's peak
+    RSS so far (it never resets), so this resets the peak before the call and reads it after."""
+    rest = [_worker_status_kb(worker, reset_peak=True)[0] for worker in wg.workers]
+    call()
+    peaks = [_worker_status_kb(worker, reset_peak=False)[1] for worker in wg.workers]
+    return round(max(peak - before for peak, before in zip(peaks, rest, strict=True)) / 1024, 1)
+
+
+def bench_logit_teacher_pass(tokenizer: PreTrainedTokenizerBase, sizes: Sizes) -> Rows:
+    """The teacher pass at ``granularity: logit`` against token level on the same rows (CREDIT's ``1 + K``
+    variants, one call, frozen teacher) on verl's hybrid FSDP worker: time, and peak memory of the worker.
+
+    Token level is ``compute_ref_log_prob`` (the sampled token's log-prob); logit level is
+    ``compute_teacher_topk`` at ``k = sizes.topk`` ids per token, given (the student's, ``topk_source:
+    student``; here the ids the teacher's own top-k call returned, which costs the same to gather) or chosen by
+    the teacher (``topk_source: teacher``, a ``topk`` over the vocabulary per token)."""
+    from verl.utils import tensordict_utils as tu
+
+    from credit_plugin.logit_engines import TOPK_IDS
+    from credit_plugin.teacher import fit_token_budget
+
+    batch = synthetic_batch(tokenizer, sizes.pass_groups, sizes.per_group)
+    credit = teacher_batch(batch, sizes.negatives)
+    data = fit_token_budget(credit.data, sizes.max_tokens)
+
+    def logit_input(source: TensorDict, ids: torch.Tensor | None) -> TensorDict:
+        copy = rows_of(source, 0, len(source))
+        tu.assign_non_tensor(copy, credit_teacher="frozen", credit_topk=sizes.topk)
+        if ids is not None:
+            copy[TOPK_IDS] = ids
+        return copy
+
+    warm_up = rows_of(data, 0, 2)
+    with (
+        tempfile.TemporaryDirectory() as directory,
+        hybrid_worker(save_tiny_model(tokenizer, Path(directory)), sizes.max_tokens) as wg,
+    ):
+        wg.compute_ref_log_prob(warm_up)
+        wg.compute_teacher_topk(logit_input(warm_up, None))
+        ids = wg.compute_teacher_topk(logit_input(data, None))[TOPK_IDS]
+        calls = {
+            "token": lambda: wg.compute_ref_log_prob(data),
+            "logit_student_ids": lambda: wg.compute_teacher_topk(logit_input(data, ids)),
+            "logit_teacher_topk": lambda: wg.compute_teacher_topk(logit_input(data, None)),
+        }
+        ms, _ = interleaved_ms(calls, sizes.worker_repeats, warm_up=False)
+        # peak memory in alternating rounds too (the largest of two), after the timings: it resets the peak
+        memory: dict[str, float] = dict.fromkeys(calls, 0.0)
+        for round_ in range(2):
+            for name in list(calls) if round_ == 0 else list(reversed(calls)):
+                memory[name] = max(memory[name], peak_mb(wg, calls[name]))
+    baseline = f"token_level_K{sizes.negatives}"
+    common = {"rows": credit.num_rows, "tokens": tokens_of(credit)}
+    rows = {
+        baseline: entry(ms["token"], ms["token"], baseline, peak_mb=memory["token"], peak_ratio=1.0, **common),
+    }
+    for name in ("logit_student_ids", "logit_teacher_topk"):
+        rows[f"{name}_k{sizes.topk}_K{sizes.negatives}"] = entry(
+            ms[name],
+            ms["token"],
+            baseline,
+            peak_mb=memory[name],
+            peak_ratio=round(memory[name] / max(memory["token"], 1e-6), 3),
+            **common,
+        )
+    return rows
+
+
 def bench_megatron_teacher_pass(tokenizer: PreTrainedTokenizerBase, sizes: Sizes) -> Rows:
     """CREDIT's teacher pass (ref engine, ``1 + K`` variants, one call) and the same rows under the
     ``trust_region`` teacher (each TP rank mixing its vocabulary shard) vs verl's ``compute_log_prob`` on the
@@ -587,10 +680,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     skipped = []
     if args.no_workers:
-        skipped += ["teacher_pass", "megatron_teacher_pass"]
+        skipped += ["teacher_pass", "logit_teacher_pass", "megatron_teacher_pass"]
         print("teacher_pass: skipped (--no-workers)", file=sys.stderr)
     else:
         results["teacher_pass"] = bench_teacher_pass(tokenizer, sizes)
+        results["logit_teacher_pass"] = bench_logit_teacher_pass(tokenizer, sizes)
         from credit_plugin.dev.cpu import megatron
 
         if megatron.available():

@@ -438,6 +438,34 @@ def tail_clamp_active(topk_log_probs: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def support_overlap(current_ids: torch.Tensor, support_ids: torch.Tensor) -> torch.Tensor:
+    """Fraction of the current top-k ids that lie in the stored support, per token.
+
+    At ``granularity: logit`` the support is ``pi_old``'s top-k, recorded before the step's first update; SDPO
+    re-selects the current student's top-k in every update. This measures how far the two have moved apart.
+
+    Args:
+        current_ids: shape (..., k), int64. The current student's top-k ids.
+        support_ids: shape (..., k'), int64. The stored support's ids (each row without repeats).
+
+    Returns:
+        shape (...), float32 in [0, 1]: ``|current ∩ support| / k``; 1 where the supports are the same set.
+    """
+    if current_ids.shape[:-1] != support_ids.shape[:-1]:
+        raise ValueError(
+            f"current_ids {tuple(current_ids.shape)} and support_ids {tuple(support_ids.shape)} "
+            "must agree on every dimension but the last"
+        )
+    batch = current_ids.shape[:-1]
+    current = current_ids.reshape(-1, current_ids.shape[-1])
+    support = support_ids.reshape(-1, support_ids.shape[-1]).sort(dim=-1).values
+    # membership by binary search in each sorted row: O(k log k) per token, no (k, k) or (V,) tensor per token
+    at = torch.searchsorted(support, current).clamp(max=support.shape[-1] - 1)
+    found = support.gather(-1, at) == current
+    return found.float().mean(dim=-1).reshape(batch)
+
+
+@torch.no_grad()
 def contrastive_topk_target(
     teacher_topk: torch.Tensor,
     contrast_topk: torch.Tensor | None,

@@ -235,10 +235,16 @@ class LogitDistillationLoss:
             student_topk = scores.gather(-1, ids) - torch.logsumexp(scores, dim=-1, keepdim=True)
             student_clamped = distill.tail_clamp_active(student_topk)
             clamped = (target_clamped | student_clamped) if self.add_tail else torch.zeros_like(target_clamped)
+            # support movement: the stored ids are pi_old's top-k; after earlier mini-batches' updates the current
+            # student's own top-k (what SDPO would distil over) may differ, and its mass on the stored ids drops
+            overlap = distill.support_overlap(torch.topk(scores, k, dim=-1).indices, ids)
+            support_mass = torch.logsumexp(student_topk, dim=-1).exp()
         return {
             "credit_distill_loss": placed(per_token.float()),
             "credit_target_mass": placed(torch.logsumexp(target.float(), dim=-1).exp()),
             "credit_tail_clamped": placed(clamped.float()),
+            "credit_support_overlap": placed(overlap),
+            "credit_support_mass": placed(support_mass.float()),
             "credit_distill_token": placed(mask.float()),
         }
 
@@ -267,9 +273,12 @@ def credit_topk_distillation(config, distillation_config, model_output: dict, da
     (:meth:`LogitDistillationLoss.per_position`), in the response layout, with their diagnostics.
 
     Returns:
-        (losses of shape (bsz, response_len), zero on tokens without a teacher context; metrics: the mean
-        divergence, the target's top-k mass and the fraction of tokens whose tail clamp is active, over
-        distilled tokens).
+        (losses of shape (bsz, response_len), zero on tokens without a teacher context; metrics over distilled
+        tokens: the mean divergence, the target's top-k mass, the fraction of tokens whose tail clamp is active,
+        and the support's movement: ``support_overlap``, the mean fraction of the current student's top-k ids in
+        the stored support (1 while the student is ``pi_old``; ``support_overlap_min`` is the smallest
+        micro-batch mean of the step, its latest mini-batches), and ``student_support_mass``, the current
+        student's probability mass on the stored ids).
     """
     losses = no_padding_2_padding(model_output["credit_distill_loss"], data)
     tokens = no_padding_2_padding(model_output["credit_distill_token"], data) > 0
@@ -279,7 +288,12 @@ def credit_topk_distillation(config, distillation_config, model_output: dict, da
             ("divergence", "credit_distill_loss"),
             ("target_topk_mass", "credit_target_mass"),
             ("tail_clamp_fraction", "credit_tail_clamped"),
+            ("support_overlap", "credit_support_overlap"),
+            ("student_support_mass", "credit_support_mass"),
         ):
             values = losses if key == "credit_distill_loss" else no_padding_2_padding(model_output[key], data)
             metrics[f"credit/logit/{name}"] = Metric(AggregationType.MEAN, values[tokens].detach().float().mean())
+        metrics["credit/logit/support_overlap_min"] = Metric(
+            AggregationType.MIN, metrics["credit/logit/support_overlap"].values[0]
+        )
     return losses, metrics

@@ -18,6 +18,7 @@ from credit_plugin.distill import (
     importance_weights,
     per_token_distillation_loss,
     self_distillation_loss,
+    support_overlap,
     tail_clamp_active,
 )
 
@@ -389,6 +390,22 @@ def test_logit_level_target_matches_its_definition_written_out():
 def test_tail_clamp_is_active_exactly_where_the_top_k_holds_all_the_mass():
     full = torch.log(torch.tensor([[0.5, 0.5], [0.5, 0.25]], dtype=torch.float32))
     assert tail_clamp_active(full).tolist() == [True, False]
+
+
+def test_support_overlap_counts_the_current_ids_inside_the_stored_support():
+    current = torch.tensor([[[1, 2, 3], [4, 5, 6]], [[9, 8, 7], [0, 1, 2]]])
+    support = torch.tensor([[[3, 1, 9], [7, 8, 9]], [[7, 8, 9], [2, 0, 5]]])
+    expected = torch.tensor([[2 / 3, 0.0], [1.0, 2 / 3]])
+    torch.testing.assert_close(support_overlap(current, support), expected)
+    # against the set definition on random rows of distinct ids, order within a row irrelevant
+    generator = torch.Generator().manual_seed(0)
+    rows_a = torch.stack([torch.randperm(V, generator=generator)[:7] for _ in range(50)])
+    rows_b = torch.stack([torch.randperm(V, generator=generator)[:7] for _ in range(50)])
+    by_sets = torch.tensor([len(set(a.tolist()) & set(b.tolist())) / 7 for a, b in zip(rows_a, rows_b, strict=True)])
+    torch.testing.assert_close(support_overlap(rows_a, rows_b), by_sets)
+    torch.testing.assert_close(support_overlap(rows_a, rows_a.flip(-1)), torch.ones(50))
+    with pytest.raises(ValueError, match="must agree on every dimension but the last"):
+        support_overlap(rows_a, rows_b[:3])
 
 
 def test_logit_level_target_refuses_missing_inputs():

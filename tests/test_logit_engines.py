@@ -3,6 +3,8 @@ verl's FSDP engine hands it to its logits hook, with the logits of the tiny Qwen
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import label_log_probs, random_tiny_qwen2
@@ -122,3 +124,50 @@ def test_the_hooks_loss_is_distills_on_the_same_logits(packed):
     total, _ = loss_fn.loss(per_position, data, None)
     assert float(total) == pytest.approx(float(losses.sum()) / 9 * 1.5, rel=1e-6)
     assert no_padding_2_padding(per_position["credit_distill_token"], data).sum() == 7
+
+
+def test_support_overlap_is_one_before_the_first_update_and_drops_after_one(packed):
+    """The support movement across mini-batches on a real tiny model: the stored support is the old pass's top-k;
+    the first mini-batch's student is that policy (overlap 1, the same mass), an update later it is not.
+    (A 1024-token vocabulary holds the micro-batch's ids and keeps the update fast.)"""
+    data, _ = packed
+    data = data.clone()
+    model = random_tiny_qwen2(1024)
+    sequences = [p + r for p, r in zip(PROMPTS, RESPONSES, strict=True)]
+
+    def forward() -> torch.Tensor:
+        return torch.cat([model(torch.tensor([seq])).logits[0] for seq in sequences])[None]
+
+    recorder = TopkRecorder(K)
+    with torch.no_grad():
+        recorder(data=data, student_logits=forward())
+    old = recorder.rows(3)
+    order = data[ROW].tolist()  # the recorder gives rows by tag; the micro-batch holds them in this order
+    data[TOPK_IDS] = flat_rows([old["ids"][tag] for tag in order])
+    # a target that moves the mass off the stored ids into the tail: the update must reorder the top-k
+    data[TARGET_TOPK] = flat_rows([torch.full((len(RESPONSES[p]), K), math.log(1e-3)) for p in range(3)])
+    data[DISTILL_MASK] = _jagged([[1.0] * len(r) for r in RESPONSES], torch.float32)
+    data["old_log_probs"] = _jagged([old["label"][tag] for tag in order], torch.float32)
+    ppo = lambda **_: (torch.zeros(()), {})  # noqa: E731
+    ppo.keywords = {"config": type("Config", (), {"loss_agg_mode": "token-mean"})()}
+    loss_fn = LogitDistillationLoss(ppo, {"topk": K, "add_tail": True, "alpha": 0.5, "is_clip": 2.0})
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+
+    def mini_batch(update: bool) -> dict:
+        outputs = loss_fn(data=data, student_logits=forward())
+        per_position = {
+            key: _jagged(list(value[0].split(data["input_ids"].offsets().diff().tolist())), value.dtype)
+            for key, value in outputs.items()
+        }
+        _, metrics = credit_topk_distillation(None, None, per_position, data)
+        if update:
+            outputs["credit_distill_loss"].sum().backward()
+            optimizer.step()
+        return {name.rsplit("/", 1)[-1]: metric.aggregate() for name, metric in metrics.items()}
+
+    first, second = mini_batch(update=True), mini_batch(update=False)
+    assert first["support_overlap"] == 1.0 and first["support_overlap_min"] == 1.0
+    old_mass = torch.cat([row.double().exp().sum(-1) for row in old["topk"]]).mean()
+    assert first["student_support_mass"] == pytest.approx(float(old_mass), rel=1e-5)
+    assert second["support_overlap"] < 1.0
+    assert second["student_support_mass"] < first["student_support_mass"]
