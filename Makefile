@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-all lint demo demo-compare bench learn learn-sweep learn-quick learn-testbed clean
+.PHONY: venv test test-all lint demo demo-compare bench learn learn-sweep learn-quick learn-testbed learn-testbed-sweep clean
 
 venv: $(STAMP)
 
@@ -55,9 +55,15 @@ learn-sweep: $(STAMP)
 	$(PY) bench/learn.py --sweep
 
 # The controlled testbed (narrowing feedback, a planted input-generic shortcut): GRPO, SDPO, CREDIT, CREDIT at
-# lambda 1, seeds 1 2; writes runs/learn-testbed/results.{json,md}, learning.png, testbed.png (docs/method.md).
+# lambda 1, 12 steps, seeds 1 2 3; writes runs/learn-testbed/results.{json,md}, learning.png, testbed.png
+# (docs/method.md; 12 runs of 2 to 8 minutes each on 2 cores).
 learn-testbed: $(STAMP)
 	$(PY) bench/learn.py --testbed
+
+# The testbed's sweep, seed 1 (the bounded form at lambda 0.25 and 1, reward at 0.5, logprob and pmi at 0.25);
+# joins runs/learn-testbed/results.json.
+learn-testbed-sweep: $(STAMP)
+	$(PY) bench/learn.py --testbed --sweep
 
 # The same, two 2-step runs (what CI runs as tests/e2e/test_learn_quick.py).
 learn-quick: $(STAMP)
