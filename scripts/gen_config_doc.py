@@ -28,7 +28,9 @@ DESCRIPTIONS = {
     "SDPO's reward under the swapped prompts, 0 on prompt-agnostic tokens at lambda 1; `logprob` subtracts "
     "`lambda * g`, a raw log-prob that acts as an entropy bonus; `pmi` subtracts `lambda * (g - S')`, the full "
     "contrastive pMI, with `S'` the policy's own scores under the swapped prompts (one more actor call of K rows "
-    "per sample)",
+    "per sample); `bounded` subtracts `lambda * max(g - log pi_theta, min(T - log pi_theta, 0))`, the `reward` form "
+    "with its term capped from below, so tokens the swapped prompts make unlikely earn no more than SDPO's reward "
+    "(token level only)",
     "contrast_centering": "`none`, or `batch`: subtract the contrast term's mean over the batch's scored tokens, "
     "so it moves credit between tokens without shifting every advantage",
     "contrast_swap": "the other input of a contrast variant: `prompt`, the negative's whole prompt (every "

@@ -146,6 +146,7 @@ def test_logit_only_options_are_refused_with_token_granularity(option, value):
     ("options", "message"),
     [
         ({"contrast_form": "pmi"}, "credit.contrast_form=pmi has no logit-level meaning"),
+        ({"contrast_form": "bounded"}, "credit.contrast_form=bounded is defined on the sampled token only"),
         ({"contrast_centering": "batch"}, "credit.contrast_centering=batch does nothing with credit.granularity=logit"),
         ({"outcome_mix": 0.5}, "credit.outcome_mix is not defined with credit.granularity=logit"),
         ({"topk_source": "teacher"}, "credit.topk_source=teacher with credit.contrast_coef > 0"),

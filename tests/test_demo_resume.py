@@ -59,7 +59,7 @@ def test_verls_file_logger_starts_its_file_afresh(monkeypatch, tmp_path):
 def test_a_resumed_run_keeps_the_steps_before_its_checkpoint(demo, monkeypatch, tmp_path):
     crash_at = {"value": 3}
 
-    def command(algo, run_dir, model, train, val, steps, extra):
+    def command(algo, run_dir, model, train, val, steps, extra, config=None):
         return [sys.executable, "-c", TRAINING, str(run_dir / "checkpoints"), str(crash_at["value"]), str(steps)]
 
     monkeypatch.setattr(demo, "command", command)

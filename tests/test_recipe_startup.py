@@ -42,6 +42,7 @@ def _load(path: Path):
 
 launch = _load(RECIPES / "paper" / "launch.py")
 gpu_smoke = _load(REPO / "scripts" / "gpu_smoke.py")
+smollm_bench = _load(REPO / "bench" / "smollm.py")
 
 
 def _compose(config_dir: Path, name: str, overrides: list[str]) -> DictConfig:
@@ -60,6 +61,15 @@ def _paper(task: str, algo: str, model: str, tmp: Path) -> DictConfig:
 def _smoke(algo: str, tmp: Path) -> DictConfig:
     command = gpu_smoke.commands(tmp / "model", tmp / "t.parquet", tmp / "v.parquet", tmp, 2, [])[algo]
     return _compose(RECIPES / "paper", "smoke", command[command.index("smoke") + 1 :])
+
+
+def _smollm(arm: str, tmp: Path) -> DictConfig:
+    """An arm of the SmolLM2 tier on one GPU, as ``bench/smollm.py`` starts it through the demo launcher."""
+    config, overrides = smollm_bench.run_overrides(arm, 1, smollm_bench.GPU_SETTING, "gpu")
+    demo = smollm_bench.learn._demo()
+    algo = smollm_bench.learn.VARIANTS[arm].algo
+    command = demo.command(algo, tmp, tmp / "model", tmp / "t.parquet", tmp / "v.parquet", 30, overrides, config)
+    return _compose(config[0], config[1], command[command.index(config[1]) + 1 :])
 
 
 def _megatron(name: str, teacher: str | None, tmp: Path, extra: tuple[str, ...] = ()) -> DictConfig:
@@ -117,6 +127,7 @@ def test_every_recipe_file_is_started_here():
         path.relative_to(RECIPES).as_posix() for path in RECIPES.rglob("*.yaml") if "searchpath" in path.read_text()
     }
     covered = {f"paper/{task}.yaml" for task in launch.TASKS} | {"paper/smoke.yaml", "tiny_cpu/credit.yaml"}
+    covered |= {"smollm/gpu.yaml"}
     covered |= {f"megatron/{name}.yaml" for name in MEGATRON_NAMES}
     assert entry_points == covered
 
@@ -145,6 +156,14 @@ def test_paper_recipe_starts_in_colocate_async_mode(task, model, tmp_path):
 @pytest.mark.parametrize("algo", list(gpu_smoke.ALGOS))
 def test_gpu_smoke_run_starts(algo, tmp_path):
     start_up(_smoke(algo, tmp_path))
+
+
+@pytest.mark.parametrize("arm", smollm_bench.ARMS)
+def test_smollm_tier_gpu_arm_starts(arm, tmp_path):
+    config = _smollm(arm, tmp_path)
+    assert config.actor_rollout_ref.rollout.name == "vllm" and config.trainer.n_gpus_per_node == 1
+    assert config.reward.custom_reward_function.path == "pkg://credit_plugin.dev.smollm"
+    start_up(config)
 
 
 @pytest.mark.parametrize("name", MEGATRON_NAMES)

@@ -1,4 +1,4 @@
-"""The exact properties of the three token rewards (method.md), on a real tiny causal LM."""
+"""The exact properties of the token rewards (method.md), on a real tiny causal LM."""
 
 from __future__ import annotations
 
@@ -88,6 +88,7 @@ def test_each_form_subtracts_lambda_times_its_contrast_term(scored):
         "logprob": teacher - 0.5 * g - student,
         "reward": (teacher - student) - 0.5 * (g - student),
         "pmi": (teacher - student) - 0.5 * (g - student_swapped[:, 0]),
+        "bounded": (teacher - student) - 0.5 * torch.maximum(g - student, (teacher - student).clamp(max=0)),
     }
     for form, value in expected.items():
         credit = credit_token_rewards(
@@ -96,7 +97,9 @@ def test_each_form_subtracts_lambda_times_its_contrast_term(scored):
         torch.testing.assert_close(credit, value * mask, rtol=0, atol=1e-12, msg=form)
 
 
-@pytest.mark.parametrize(("form", "cancels_to_minus_student"), [("logprob", True), ("reward", False), ("pmi", False)])
+@pytest.mark.parametrize(
+    ("form", "cancels_to_minus_student"), [("logprob", True), ("reward", False), ("pmi", False), ("bounded", False)]
+)
 def test_prompt_ignoring_teacher_at_lambda_one(tokenizer, tiny_model, scored, form, cancels_to_minus_student):
     """A teacher that sees only the feedback scores identically under every prompt: at lambda = 1 the logprob
     form leaves ``-log pi_theta`` (an entropy bonus), the reward and pmi forms leave 0 (the student ignoring the
@@ -127,6 +130,51 @@ def test_batch_centering_makes_the_contrast_term_zero_mean_and_keeps_differences
     assert torch.all(centred[~on] == 0)
     credit = credit_token_rewards(teacher, contrast, student, mask, 0.5, centering="batch")
     torch.testing.assert_close(credit, sdpo_token_rewards(teacher, student, mask) - 0.5 * centred)
+
+
+@pytest.mark.parametrize("coef", [0.25, 0.5, 1.0])
+def test_bounded_form_never_pays_more_than_sdpo_where_the_swap_makes_tokens_unlikely(scored, coef):
+    """The swapped prompts finding the response 30 nats less likely (input-specific tokens, e.g. the answer's
+    digits under another question): the reward form pays ``lambda * 30`` more than SDPO on every token, right or
+    wrong; the bounded form keeps SDPO's credit where it is positive and cancels at most ``lambda`` of a debit,
+    never turning it into a credit."""
+    teacher, student, mask = scored["teacher"], scored["student"], scored["mask"]
+    unlikely = scored["contrast"] - 30.0
+    on = mask.bool()
+    sdpo = sdpo_token_rewards(teacher, student, mask)
+    reward = credit_token_rewards(teacher, unlikely, student, mask, coef, form="reward")
+    bounded = credit_token_rewards(teacher, unlikely, student, mask, coef, form="bounded")
+    assert bool((sdpo[on] > 0).any()) and bool((sdpo[on] < 0).any()), "needs credited and debited tokens"
+    assert bool((reward[on] > sdpo[on] + coef * 25).all())
+    credited = on & (sdpo > 0)
+    debited = on & (sdpo < 0)
+    torch.testing.assert_close(bounded[credited], sdpo[credited], rtol=0, atol=1e-12)
+    torch.testing.assert_close(bounded[debited], (1 - coef) * sdpo[debited], rtol=0, atol=1e-12)
+    assert bool((bounded[on] <= sdpo[on] - coef * sdpo[on].clamp(max=0) + 1e-12).all())
+
+
+def test_bounded_form_is_the_reward_form_where_the_swap_keeps_tokens_likely(scored):
+    """Where ``g >= min(T, S)`` (the swapped prompts score the token at least as the teacher or the student
+    does: generic credit) the floor does not act and the bounded form equals the reward form bit for bit; on
+    the real scores of the tiny model (all unfloored) and the first response made 30 nats less likely under the
+    swap (floored) the two differ exactly there."""
+    teacher, student, mask = scored["teacher"], scored["student"], scored["mask"]
+    contrast = scored["contrast"].clone()
+    contrast[0] -= 30.0
+    on = mask.bool()
+    g = contrast[:, 0]
+    unfloored = on & (g >= torch.minimum(teacher, student))
+    assert bool(unfloored.any()) and bool((on & ~unfloored).any())
+    reward = credit_token_rewards(teacher, contrast, student, mask, 0.7, form="reward")
+    bounded = credit_token_rewards(teacher, contrast, student, mask, 0.7, form="bounded")
+    assert torch.equal(bounded[unfloored], reward[unfloored])
+    assert bool((bounded[on & ~unfloored] < reward[on & ~unfloored]).all())
+
+
+def test_bounded_form_needs_the_teacher_scores(scored):
+    baseline = contrastive_baseline(scored["contrast"], scored["mask"])
+    with pytest.raises(ValueError, match="contrast_form='bounded' needs the teacher's log-probs"):
+        contrast_term(baseline, scored["student"], scored["mask"], "bounded")
 
 
 def test_pmi_form_needs_the_student_contrast_scores(scored):

@@ -52,6 +52,8 @@ def _by_hand(data: DataProto, coef: float, form: str = "reward") -> torch.Tensor
     b = data.batch
     baseline = b["contrast_log_probs"].mean(dim=1)
     subtracted = baseline if form == "logprob" else baseline - b["old_log_probs"]
+    if form == "bounded":
+        subtracted = torch.maximum(subtracted, (b["teacher_log_probs"] - b["old_log_probs"]).clamp(max=0))
     reward = b["teacher_log_probs"] - b["old_log_probs"] - coef * subtracted
     return reward * b["response_mask"] * b["self_distillation_mask"][:, None]
 
@@ -62,7 +64,7 @@ def test_estimators_resolve_after_import():
     credit_plugin.assert_registered()
 
 
-@pytest.mark.parametrize("form", ["reward", "logprob"])
+@pytest.mark.parametrize("form", ["reward", "logprob", "bounded"])
 @pytest.mark.parametrize("coef", [1.0, 0.3, 0.0])
 def test_verl_compute_advantage_gives_credit_rewards(coef, form):
     config = _algorithm(contrast_coef=coef, contrast_form=form)

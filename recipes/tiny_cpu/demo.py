@@ -55,15 +55,24 @@ def prepare_assets(assets: Path, seed: int) -> tuple[Path, Path, Path]:
     return model, train, val
 
 
-def command(algo: str, run_dir: Path, model: Path, train: Path, val: Path, steps: int, extra: list[str]) -> list[str]:
+def command(
+    algo: str,
+    run_dir: Path,
+    model: Path,
+    train: Path,
+    val: Path,
+    steps: int,
+    extra: list[str],
+    config: tuple[Path, str] = (RECIPE_DIR, "credit"),
+) -> list[str]:
     return [
         sys.executable,
         "-m",
         "verl.trainer.main_ppo",
         "--config-path",
-        str(RECIPE_DIR),
+        str(config[0]),
         "--config-name",
-        "credit",
+        config[1],
         f"data.train_files={train}",
         f"data.val_files={val}",
         f"actor_rollout_ref.model.path={model}",
@@ -127,25 +136,38 @@ def keep_history(metrics: Path, step: int) -> int:
     return len(kept)
 
 
-def run(algo: str, run_root: Path, assets: tuple[Path, Path, Path], steps: int, extra: list[str]) -> Path:
+def run(
+    algo: str,
+    run_root: Path,
+    assets: tuple[Path, Path, Path],
+    steps: int,
+    extra: list[str],
+    config: tuple[Path, str] = (RECIPE_DIR, "credit"),
+    platform: str | None = "cpu",
+) -> Path:
     """One ``main_ppo`` run (resumed from its latest checkpoint if any, as verl does); streams per-step metrics
-    from its JSONL into ``metrics.jsonl`` and returns that path."""
+    from its JSONL into ``metrics.jsonl`` and returns that path. ``config``: the Hydra config folder and name (this
+    recipe by default; ``bench/smollm.py`` passes its GPU recipe); ``platform``: ``VERL_PLATFORM`` for the run, or
+    None to leave verl's own detection (GPU)."""
     run_dir = run_root / algo
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics, attempt = run_dir / "metrics.jsonl", run_dir / "metrics.attempt.jsonl"
     resumed = resume_step(run_dir / "checkpoints", extra)
     kept = keep_history(metrics, resumed)
     attempt.unlink(missing_ok=True)
-    argv = command(algo, run_dir, *assets, steps, extra)
+    argv = command(algo, run_dir, *assets, steps, extra, config)
     (run_dir / "command.txt").write_text(" ".join(argv) + "\n")
     env_vars = {
-        "VERL_PLATFORM": "cpu",
+        **({"VERL_PLATFORM": platform} if platform else {}),
         "VERL_USE_EXTERNAL_MODULES": "credit_plugin",
         "VERL_FILE_LOGGER_PATH": str(attempt),
     }
     # Ray's workers get the variables through the runtime env as well as by inheritance.
     argv += [f"+ray_kwargs.ray_init.runtime_env.env_vars.{key}={value}" for key, value in env_vars.items()]
     env = {**os.environ, **env_vars, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"}
+    if not platform:
+        # this process set VERL_PLATFORM=cpu for itself (see the top); a GPU run detects its platform
+        env.pop("VERL_PLATFORM", None)
     resuming = f", resuming after step {resumed} ({kept} steps of history kept)" if resumed else ""
     print(f"[{algo}] verl.trainer.main_ppo, {steps} steps{resuming}; log: {run_dir / 'train.log'}", flush=True)
     start, shown = time.time(), 0

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -232,9 +232,23 @@ def credit_by_token_kind(records: Sequence[dict]) -> dict[int, dict[str, float |
     return out
 
 
-def evaluate(model_dir: Path, tokenizer_dir: Path, val_file: Path, samples: int = 4, seed: int = 0) -> dict:
+def evaluate(
+    model_dir: Path,
+    tokenizer_dir: Path,
+    val_file: Path,
+    samples: int = 4,
+    seed: int = 0,
+    score: Callable[..., dict[str, Any]] | None = None,
+    max_new_tokens: int = 24,
+) -> dict:
     """Held-out success and shortcut rate of the model at ``model_dir`` on ``val_file``: greedy, and sampled at
-    temperature 1 (``samples`` per prompt)."""
+    temperature 1 (``samples`` per prompt).
+
+    ``score``: the verl reward function that grades a response (default: this module's :func:`compute_score`);
+    every float field of its result other than ``score`` is averaged too (``shortcut`` here). Returns
+    ``{success_greedy, success_sampled, <field>_greedy, <field>_sampled, ...}``.
+    """
+    score = score or compute_score
     import datasets
     import torch
 
@@ -257,15 +271,17 @@ def evaluate(model_dir: Path, tokenizer_dir: Path, val_file: Path, samples: int 
                 do_sample=mode == "sampled",
                 temperature=1.0 if mode == "sampled" else None,
                 top_k=0 if mode == "sampled" else None,
-                max_new_tokens=24,
+                max_new_tokens=max_new_tokens,
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id,
             )
         texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
         scored = [
-            compute_score(row["data_source"], text, row["reward_model"]["ground_truth"], row["extra_info"])
+            score(row["data_source"], text, row["reward_model"]["ground_truth"], row["extra_info"])
             for row, text in zip([row for row in rows for _ in range(repeat)], texts, strict=True)
         ]
-        result[f"success_{mode}"] = sum(score["score"] for score in scored) / len(scored)
-        result[f"shortcut_{mode}"] = sum(score["shortcut"] for score in scored) / len(scored)
+        result[f"success_{mode}"] = sum(graded["score"] for graded in scored) / len(scored)
+        for key, value in scored[0].items():
+            if key != "score" and isinstance(value, float):
+                result[f"{key}_{mode}"] = sum(graded[key] for graded in scored) / len(scored)
     return result
