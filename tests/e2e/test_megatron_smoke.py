@@ -68,7 +68,9 @@ def _run_until_killed(root: Path, assets: Path) -> None:
                 process.wait()
                 return
             time.sleep(0.5)
-        os.killpg(process.pid, signal.SIGKILL)
+        if process.poll() is None:  # past the deadline
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
     tail = (root / "killed_run.log").read_text()[-3000:]
     pytest.fail(f"the run ended (code {process.returncode}) before step {SAVED}'s checkpoint:\n{tail}")
 
