@@ -151,3 +151,22 @@ def test_every_megatron_mend_refuses_other_verl_versions(monkeypatch, patch):
     monkeypatch.setattr(verl, "__version__", "0.10.0")
     with pytest.raises(RuntimeError, match=rf"patch '{patch}' targets verl .*found verl 0\.10\.0"):
         module.apply()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the mend applies only without CUDA")
+def test_the_checkpoint_writer_stages_and_checks_on_the_host_without_cuda():
+    """megatron-core's dist-checkpoint strategies wait for CUDA and reduce in a ``device='cuda'`` tensor; under
+    ``megatron_checkpoint_on_cpu`` they save host tensors, and torch's own ``cuda`` stays as it was."""
+    from megatron.core.dist_checkpointing.strategies import fully_parallel, state_dict_saver
+    from megatron.core.dist_checkpointing.strategies.filesystem_async import FileSystemWriterAsync
+
+    from credit_plugin.dev.patches import megatron_checkpoint_on_cpu
+
+    bucket = ("file", "key", ([], [("item", torch.arange(3.0))]))
+    megatron_checkpoint_on_cpu.apply()
+    ((_, _, (_, staged)),) = FileSystemWriterAsync.preload_tensors([bucket], non_blocking=True)
+    assert torch.equal(staged[0][1], torch.arange(3.0))
+    assert state_dict_saver.torch.tensor([1], dtype=torch.int, device="cuda").device.type == "cpu"
+    assert fully_parallel.torch.cuda.synchronize() is None
+    with pytest.raises(AssertionError, match="not compiled with CUDA"):
+        torch.cuda.synchronize()  # what the writer called: torch itself is not patched

@@ -90,6 +90,7 @@ def enable() -> None:
     The mends of mbridge apply when a Megatron engine builds its model (:func:`_on_cpu`).
     """
     from credit_plugin.dev.patches import (
+        megatron_checkpoint_on_cpu,
         megatron_cuda_device_on_cpu,
         megatron_cuda_literals_on_cpu,
         megatron_fp32_on_cpu,
@@ -107,6 +108,7 @@ def enable() -> None:
         megatron_padded_mask_on_cpu,
         megatron_no_offload_on_cpu,
         megatron_grad_clip_on_cpu,
+        megatron_checkpoint_on_cpu,
     ):
         patch.apply()
     register_engines()
