@@ -50,6 +50,12 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
+def _hf_model_path(step: Path) -> str:
+    """Where verl's Megatron checkpoint keeps the actor's Hugging Face weights, as its manifest says."""
+    manifest = json.loads((step / "actor/ckpt_contents.json").read_text())
+    return manifest["contents"]["hf_model"]["path"]
+
+
 def _run_until_killed(root: Path, assets: Path) -> None:
     """Start the run for :data:`STEPS` steps and SIGKILL its whole process group (demo script, main_ppo; Ray's
     processes share main_ppo's fate) once step :data:`SAVED`'s checkpoint is complete and its metrics logged."""
@@ -92,7 +98,7 @@ def test_credit_on_megatron_at_tp2_saves_is_killed_and_resumes_with_its_ema_teac
     # The resumed step's teacher is (1 - tau) * the teacher saved at step 2 + tau * the resumed actor: the
     # restored EMA state is exactly what was saved (fp32 ref on CPU: no rounding on the way).
     saved = _weights(checkpoints / f"global_step_{SAVED}/teacher")
-    actor = _weights(checkpoints / f"global_step_{STEPS}/actor/huggingface")
+    actor = _weights(checkpoints / f"global_step_{STEPS}/actor" / _hf_model_path(checkpoints / f"global_step_{STEPS}"))
     teacher = _weights(checkpoints / f"global_step_{STEPS}/teacher")
     assert teacher.keys() == saved.keys() and teacher.keys() <= actor.keys()
     initial = _weights(tiny_cpu_assets / "model")
