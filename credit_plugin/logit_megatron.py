@@ -238,9 +238,15 @@ class MegatronLogitDistillationLoss(LogitDistillationLoss):
             student_clamped = distill.tail_clamp_active(student_topk.detach())
             clamped = (target_clamped | student_clamped) if self.add_tail else torch.zeros_like(target_clamped)
             on = mask.float()
+            # support movement, as on FSDP: the current student's own top-k across the shards against the stored ids
+            current = shard_topk(shifted.detach(), k, start, collectives)[1]
+            overlap = distill.support_overlap(current, ids)
+            support_mass = torch.logsumexp(student_topk.detach(), dim=-1).exp()
         return {
             "credit_distill_loss": per_token.float(),
             "credit_target_mass": torch.logsumexp(target, dim=-1).exp() * on,
             "credit_tail_clamped": clamped.float() * on,
+            "credit_support_overlap": overlap.float() * on,
+            "credit_support_mass": support_mass.float() * on,
             "credit_distill_token": on,
         }

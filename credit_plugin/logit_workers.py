@@ -31,6 +31,7 @@ from credit_plugin.logit_engines import (
     flat_rows,
 )
 from credit_plugin.logit_megatron import RECORD_FIELDS
+from credit_plugin.megatron_layout import check_same_layout
 from credit_plugin.trust_region_engines import engine_logits, megatron_engine_logits
 
 TEACHER_TOPK, TEACHER_LABEL = "credit_teacher_topk", "credit_teacher_label"
@@ -166,8 +167,6 @@ class LogitLevelWorkerMixin:
             )
         if megatron:
             # the mix is elementwise on each rank's shard: the frozen model's shard must be the actor's
-            from credit_plugin.workers import check_same_layout
-
             check_same_layout(self.ref.engine.engine_config, engine.engine_config, teacher="trust_region")
 
         def frozen(micro_batch: TensorDict) -> torch.Tensor:

