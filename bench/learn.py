@@ -35,6 +35,7 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -393,6 +394,17 @@ def summarise_testbed(records_path: Path, steps: int) -> dict:
     return {key: [per_step.get(step, {}).get(key) for step in range(1, steps + 1)] for key in keys}
 
 
+def pending_runs(runs: dict[str, list[dict]], variants: list[str], seeds: list[int]) -> Iterator[tuple[int, str]]:
+    """The ``(seed, variant)`` runs ``runs`` does not hold yet (each variant gets its list), seed-major: an
+    interrupted bench still has every variant of the first seeds."""
+    for name in variants:
+        runs.setdefault(name, [])
+    for seed in seeds:
+        for name in variants:
+            if not any(run["seed"] == seed for run in runs[name]):
+                yield seed, name
+
+
 def _earlier_runs(path: Path, setting: dict) -> dict[str, list[dict]]:
     """Finished runs of the same budget that earlier invocations left in ``path``, every variant and seed: an
     interrupted or extended bench (more ``--variants`` or ``--seeds``) only runs what is missing, and the
@@ -458,32 +470,26 @@ def main() -> None:
     results = {"setting": vars(setting), "testbed": args.testbed, "runs": {}}
     results["runs"] = _earlier_runs(out / "results.json", results["setting"])
     started = time.time()
-    for name in variants:
-        results["runs"].setdefault(name, [])
-    # Seed-major: an interrupted bench still has every variant of the first seeds.
-    for seed in seeds:
-        for name in variants:
-            if any(run["seed"] == seed for run in results["runs"][name]):
-                continue
-            variant = VARIANTS[name]
-            root = out / name / f"seed{seed}"
-            extra = [*variant.overrides, *setting.overrides(seed, testbed=args.testbed)]
-            try:
-                metrics = demo.run(variant.algo, root, (model, train, val), setting.steps, extra)
-            except SystemExit as error:
-                results["runs"][name].append({"seed": seed, "error": str(error)[-2000:]})
-                continue
-            run = {"seed": seed, **summarise_run(metrics, setting.steps, setting.val_samples)}
-            final = root / variant.algo / "checkpoints" / f"global_step_{setting.steps}" / "actor" / "huggingface"
-            run["greedy_before"] = initial_greedy
-            if args.testbed:
-                after = testbed.evaluate(final, model, val, samples=setting.val_samples) if final.exists() else {}
-                run.update(eval_before=initial, eval_after=after, greedy_after=after.get("success_greedy"))
-                run.update(summarise_testbed(root / variant.algo / "token_records.jsonl", setting.steps))
-            else:
-                run["greedy_after"] = greedy_success(final, model, val) if final.exists() else None
-            results["runs"][name].append(run)
-            (out / "results.json").write_text(json.dumps(results, indent=1))
+    for seed, name in pending_runs(results["runs"], variants, seeds):
+        variant = VARIANTS[name]
+        root = out / name / f"seed{seed}"
+        extra = [*variant.overrides, *setting.overrides(seed, testbed=args.testbed)]
+        try:
+            metrics = demo.run(variant.algo, root, (model, train, val), setting.steps, extra)
+        except SystemExit as error:
+            results["runs"][name].append({"seed": seed, "error": str(error)[-2000:]})
+            continue
+        run = {"seed": seed, **summarise_run(metrics, setting.steps, setting.val_samples)}
+        final = root / variant.algo / "checkpoints" / f"global_step_{setting.steps}" / "actor" / "huggingface"
+        run["greedy_before"] = initial_greedy
+        if args.testbed:
+            after = testbed.evaluate(final, model, val, samples=setting.val_samples) if final.exists() else {}
+            run.update(eval_before=initial, eval_after=after, greedy_after=after.get("success_greedy"))
+            run.update(summarise_testbed(root / variant.algo / "token_records.jsonl", setting.steps))
+        else:
+            run["greedy_after"] = greedy_success(final, model, val) if final.exists() else None
+        results["runs"][name].append(run)
+        (out / "results.json").write_text(json.dumps(results, indent=1))
     results["seconds"] = round(time.time() - started)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     markdown = table(results)

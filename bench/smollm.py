@@ -166,40 +166,35 @@ def main(argv: list[str] | None = None) -> None:
     results = {"setting": {**vars(setting), "device": device}, "runs": {}}
     results["runs"] = learn._earlier_runs(out / "results.json", results["setting"])
     started = time.time()
-    for name in arms:
-        results["runs"].setdefault(name, [])
-    for seed in seeds:
-        for name in arms:
-            if any(run["seed"] == seed for run in results["runs"][name]):
-                continue
-            variant = learn.VARIANTS[name]
-            root = out / name / f"seed{seed}"
-            config, extra = run_overrides(name, seed, setting, device)
-            try:
-                metrics = demo.run(
-                    variant.algo,
-                    root,
-                    (model, train, val),
-                    setting.steps,
-                    extra,
-                    config=config,
-                    platform="cpu" if device == "cpu" else None,
-                )
-            except SystemExit as error:
-                results["runs"][name].append({"seed": seed, "error": str(error)[-2000:]})
-                continue
-            run = {"seed": seed, **learn.summarise_run(metrics, setting.steps, setting.val_samples)}
-            final = root / variant.algo / "checkpoints" / f"global_step_{setting.steps}" / "actor" / "huggingface"
-            after = evaluate(final) if final.exists() else {}
-            run.update(
-                eval_before=initial,
-                eval_after=after,
-                greedy_before=initial["success_greedy"],
-                greedy_after=after.get("success_greedy"),
-                step_means=step_means(metrics),
+    for seed, name in learn.pending_runs(results["runs"], arms, seeds):
+        variant = learn.VARIANTS[name]
+        root = out / name / f"seed{seed}"
+        config, extra = run_overrides(name, seed, setting, device)
+        try:
+            metrics = demo.run(
+                variant.algo,
+                root,
+                (model, train, val),
+                setting.steps,
+                extra,
+                config=config,
+                platform="cpu" if device == "cpu" else None,
             )
-            results["runs"][name].append(run)
-            (out / "results.json").write_text(json.dumps(results, indent=1))
+        except SystemExit as error:
+            results["runs"][name].append({"seed": seed, "error": str(error)[-2000:]})
+            continue
+        run = {"seed": seed, **learn.summarise_run(metrics, setting.steps, setting.val_samples)}
+        final = root / variant.algo / "checkpoints" / f"global_step_{setting.steps}" / "actor" / "huggingface"
+        after = evaluate(final) if final.exists() else {}
+        run.update(
+            eval_before=initial,
+            eval_after=after,
+            greedy_before=initial["success_greedy"],
+            greedy_after=after.get("success_greedy"),
+            step_means=step_means(metrics),
+        )
+        results["runs"][name].append(run)
+        (out / "results.json").write_text(json.dumps(results, indent=1))
     results["seconds"] = round(time.time() - started)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     markdown = table(results)
