@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 VAL_SAMPLES = 4
 
 
-def _demo():
+def load_demo():
     """The tiny recipe's launcher (``recipes/tiny_cpu/demo.py``), which runs ``main_ppo`` and streams metrics."""
     spec = importlib.util.spec_from_file_location("tiny_cpu_demo", REPO / "recipes/tiny_cpu/demo.py")
     module = importlib.util.module_from_spec(spec)
@@ -67,6 +67,8 @@ def credit(name: str, *overrides: str) -> Variant:
     return Variant(name, "credit", overrides)
 
 
+# Switches the tiny recipe to verl's colocate_async trainer with CREDIT's steps (also bench/run.py's async_step).
+ASYNC_MODE = ("trainer.v1.trainer_mode=credit_colocate_async", "trainer.v1.colocate_async.num_warmup_batches=1")
 LOGIT_LEVEL = ("credit.topk=100", "credit.distillation_add_tail=true", "credit.alpha=0.5", "credit.is_clip=2.0")
 
 
@@ -97,9 +99,20 @@ VARIANTS = {
         # default contrast on the same loss.
         Variant("sdpo_logit", "sdpo", ("credit.granularity=logit", *LOGIT_LEVEL)),
         credit("credit_logit", "credit.granularity=logit", *LOGIT_LEVEL),
+        # CREDIT's defaults under verl's colocate_async trainer (docs/method.md, "Asynchronous trainers"): one batch
+        # of prompts generated ahead of training, so each step trains on responses begun under older weights
+        credit("credit_colocate_async", *ASYNC_MODE),
     )
 }
-DEFAULT_VARIANTS = ("grpo", "sdpo", "credit", "credit_reward_l1", "sdpo_logit", "credit_logit")
+DEFAULT_VARIANTS = (
+    "grpo",
+    "sdpo",
+    "credit",
+    "credit_reward_l1",
+    "sdpo_logit",
+    "credit_logit",
+    "credit_colocate_async",
+)
 # The lambda sweep of every form, one seed (``make learn-sweep``; its runs join the same results file).
 SWEEP_VARIANTS = (
     "credit_reward_l0.5",
@@ -453,7 +466,7 @@ def main() -> None:
     from credit_plugin.dev.tiny.model import TinyModelSpec, build_tiny_model
     from credit_plugin.dev.tiny.task import write_parquet
 
-    demo = _demo()
+    demo = load_demo()
     assets = out / "assets"
     if args.testbed:
         from credit_plugin.dev.tiny import testbed

@@ -20,6 +20,10 @@ Sections (each timing is the median of several runs after a warm-up; absolute mi
   over the two ranks) against verl's own ``compute_log_prob`` of the actor on the same rows and tokens. Both run
   verl's vocab-parallel log-prob pass, so no rank holds [tokens x full vocabulary] logits. Skipped with
   ``--no-workers`` or without the ``megatron-cpu`` extra.
+- ``async_step``: CREDIT's step time (verl's ``timing_s/step``) under ``trainer_mode: credit_colocate_async``
+  against the sync ``credit`` trainer, through ``main_ppo`` on the tiny CPU recipe (same budget, same seed,
+  runs alternated), steps after the first (start-up, the async warm-up batch) only. Skipped with
+  ``--no-workers``.
 - ``reward``: code samples per second through the ``credit`` reward manager, sandbox (bubblewrap) included:
   trivial stdin programs with 3 tests each, scored as verl's reward loop does (one ``run_single`` per
   sample, all at once), with ``max_parallel=1`` (the baseline) and the default ``max_parallel``.
@@ -78,6 +82,8 @@ class Sizes:
     max_tokens: int  # the workers' log-prob token budget per micro-batch (dynamic batch size)
     code_samples: int  # code responses scored through the reward manager per round
     topk: int  # k ids per response token of the logit-level teacher pass (SDPO's published 100)
+    async_steps: int  # main_ppo steps of each sync and colocate_async run
+    async_rounds: int  # sync/async run pairs, alternated
 
 
 FULL = Sizes(
@@ -92,6 +98,8 @@ FULL = Sizes(
     max_tokens=2048,
     code_samples=64,
     topk=100,
+    async_steps=6,
+    async_rounds=2,
 )
 QUICK = Sizes(
     batch=16,
@@ -105,6 +113,8 @@ QUICK = Sizes(
     max_tokens=1024,
     code_samples=8,
     topk=20,
+    async_steps=2,
+    async_rounds=1,
 )
 
 
@@ -567,6 +577,41 @@ def bench_megatron_teacher_pass(tokenizer: PreTrainedTokenizerBase, sizes: Sizes
     }
 
 
+# ---------------------------------------------------------------- async trainer
+
+
+def step_seconds(metrics: Path) -> list[float]:
+    """verl's ``timing_s/step`` of every training step after the first, from a demo run's ``metrics.jsonl``."""
+    records = [json.loads(line)["data"] for line in metrics.read_text().splitlines()]
+    return [record["timing_s/step"] for record in records if "timing_s/step" in record][1:]
+
+
+def bench_async_step(tokenizer: PreTrainedTokenizerBase, sizes: Sizes) -> Rows:
+    """Median step time of CREDIT under ``colocate_async`` against the sync trainer, on the tiny CPU recipe
+    (``recipes/tiny_cpu``, hf_cpu rollout, FSDP): ``async_rounds`` pairs of ``async_steps``-step runs, in
+    alternating order."""
+    from learn import ASYNC_MODE, load_demo
+
+    demo = load_demo()
+    modes = {"sync": (), "colocate_async": ASYNC_MODE}
+    seconds: dict[str, list[float]] = {mode: [] for mode in modes}
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory)
+        assets = demo.prepare_assets(root / "assets", seed=0)
+        for round_ in range(sizes.async_rounds):
+            for mode in list(modes) if round_ % 2 == 0 else list(reversed(modes)):
+                run_root = root / f"{mode}_{round_}"
+                extra = ["trainer.save_freq=-1", "trainer.test_freq=-1", *modes[mode]]
+                seconds[mode] += step_seconds(demo.run("credit", run_root, assets, sizes.async_steps, extra))
+    sync_ms = statistics.median(seconds["sync"]) * 1e3
+    async_ms = statistics.median(seconds["colocate_async"]) * 1e3
+    common = {"steps_timed": len(seconds["sync"]), "steps_per_run": sizes.async_steps}
+    return {
+        "credit_sync_step": entry(sync_ms, sync_ms, "credit_sync_step", **common),
+        "credit_colocate_async_step": entry(async_ms, sync_ms, "credit_sync_step", **common),
+    }
+
+
 # ---------------------------------------------------------------- reward
 
 
@@ -657,11 +702,28 @@ def machine() -> dict[str, Any]:
     }
 
 
+# name: (function of the tokenizer and the sizes, what it needs beyond torch: None, "workers" (Ray and verl's
+# workers) or "megatron")
+SECTIONS: dict[str, tuple[Callable[[PreTrainedTokenizerBase, Sizes], Rows], str | None]] = {
+    "math": (lambda tokenizer, sizes: bench_math(sizes), None),
+    "teacher_build": (bench_teacher_build, None),
+    "teacher_rows": (bench_skipped_rows, None),
+    "reward": (bench_reward, None),
+    "teacher_pass": (bench_teacher_pass, "workers"),
+    "logit_teacher_pass": (bench_logit_teacher_pass, "workers"),
+    "megatron_teacher_pass": (bench_megatron_teacher_pass, "megatron"),
+    "async_step": (bench_async_step, "workers"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test (under a minute)")
     parser.add_argument("--no-workers", action="store_true", help="skip the teacher pass on verl's Ray workers")
     parser.add_argument("--out", type=Path, default=REPO / "runs/bench/results.json", help="results JSON path")
+    parser.add_argument(
+        "--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS), help="which sections (default: all)"
+    )
     args = parser.parse_args(argv)
     # before verl is imported, here and in the Ray workers
     os.environ.setdefault("VERL_PLATFORM", "cpu")
@@ -672,26 +734,19 @@ def main(argv: list[str] | None = None) -> int:
     start, load_start = time.perf_counter(), os.getloadavg()
     sizes = QUICK if args.quick else FULL
     tokenizer = AutoTokenizer.from_pretrained(qwen_tokenizer_dir())
-    results = {
-        "math": bench_math(sizes),
-        "teacher_build": bench_teacher_build(tokenizer, sizes),
-        "teacher_rows": bench_skipped_rows(tokenizer, sizes),
-        "reward": bench_reward(tokenizer, sizes),
-    }
-    skipped = []
-    if args.no_workers:
-        skipped += ["teacher_pass", "logit_teacher_pass", "megatron_teacher_pass"]
-        print("teacher_pass: skipped (--no-workers)", file=sys.stderr)
-    else:
-        results["teacher_pass"] = bench_teacher_pass(tokenizer, sizes)
-        results["logit_teacher_pass"] = bench_logit_teacher_pass(tokenizer, sizes)
-        from credit_plugin.dev.cpu import megatron
+    results, skipped = {}, []
+    for name in args.sections:
+        function, needs = SECTIONS[name]
+        reason = "--no-workers" if needs and args.no_workers else None
+        if needs == "megatron" and reason is None:
+            from credit_plugin.dev.cpu import megatron
 
-        if megatron.available():
-            results["megatron_teacher_pass"] = bench_megatron_teacher_pass(tokenizer, sizes)
-        else:
-            skipped.append("megatron_teacher_pass")
-            print("megatron_teacher_pass: skipped (no megatron-cpu extra)", file=sys.stderr)
+            reason = None if megatron.available() else "no megatron-cpu extra"
+        if reason:
+            skipped.append(name)
+            print(f"{name}: skipped ({reason})", file=sys.stderr)
+            continue
+        results[name] = function(tokenizer, sizes)
     report = {
         "sizes": asdict(sizes),
         "machine": machine(),

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     from credit_plugin.dev import smollm
     from credit_plugin.dev.tiny import testbed
 
-    demo = learn._demo()
+    demo = learn.load_demo()
     assets = out / "assets"
     # fp32 on CPU (the CPU recipe trains in fp32); bf16 on GPU, as verl's GPU workers load it
     model = smollm.smollm2_folder(assets, "float32" if device == "cpu" else "bfloat16")

@@ -64,14 +64,6 @@ def check_async_mode(config: DictConfig, credit: CreditConfig) -> None:
         return
     check_negatives(config, credit, verl_mode)
     correction = config.algorithm.get("rollout_correction") or {}
-    if credit.granularity == "logit" and correction.get("rollout_is") is not None:
-        # verl multiplies its PPO term by the IS weights; at logit level that term is zero and the distillation
-        # loss carries no per-token weight, so the correction would silently not act.
-        raise ValueError(
-            f"trainer.v1.trainer_mode={mode} with credit.granularity=logit does not apply "
-            f"algorithm.rollout_correction.rollout_is={correction.get('rollout_is')} (the logit-level loss has no "
-            "importance weight): leave rollout_is null (rollout_rs acts) or use credit.granularity=token"
-        )
     if verl_mode != "separate_async":
         return
     if credit.granularity == "logit":

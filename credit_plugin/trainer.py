@@ -104,6 +104,7 @@ def check_logit_level(config: DictConfig) -> None:
     section = config.actor_rollout_ref
     actor = section.actor
     megatron = (actor.get("megatron") or {}) if actor.get("strategy") == "megatron" else {}
+    correction = config.algorithm.get("rollout_correction") or {}
     refusals = {
         "actor_rollout_ref.actor.megatron.pipeline_model_parallel_size > 1 (the top-k passes read the logits on "
         "every rank)": (megatron.get("pipeline_model_parallel_size", 1) or 1) > 1,
@@ -122,8 +123,16 @@ def check_logit_level(config: DictConfig) -> None:
         "algorithm.use_kl_in_reward=true (at logit level there is no advantage to carry the penalty; use "
         "actor_rollout_ref.actor.use_kl_loss)": bool(config.algorithm.get("use_kl_in_reward", False)),
         "algorithm.rollout_correction.bypass_mode=true (the student's top-k comes from the old log-prob pass)": bool(
-            (config.algorithm.get("rollout_correction") or {}).get("bypass_mode", False)
+            correction.get("bypass_mode", False)
         ),
+        # verl multiplies its PPO term by the IS weights; at logit level that term is zero (outcome_mix is refused)
+        # and the distillation loss carries no per-token weight, so the correction would silently not act, in the
+        # sync trainer as in the async ones
+        f"algorithm.rollout_correction.rollout_is={correction.get('rollout_is')} (the logit-level loss has no "
+        "importance weight): leave rollout_is null (rollout_rs acts) or use credit.granularity=token": correction.get(
+            "rollout_is"
+        )
+        is not None,
         f"actor_rollout_ref.actor.loss_agg_mode={actor.get('loss_agg_mode')} (use token-mean or "
         "seq-mean-token-mean)": actor.get("loss_agg_mode", "token-mean") not in ("token-mean", "seq-mean-token-mean"),
     }

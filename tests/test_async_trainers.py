@@ -171,7 +171,7 @@ def test_old_log_probs_run_inside_verls_restored_pi_old_window(monkeypatch):
                 "credit.granularity=logit",
                 "algorithm.rollout_correction.rollout_is=token",
             ],
-            "does not apply algorithm.rollout_correction.rollout_is=token",
+            "does not support algorithm.rollout_correction.rollout_is=token",
         ),
     ],
 )

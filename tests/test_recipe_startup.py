@@ -66,7 +66,7 @@ def _smoke(algo: str, tmp: Path) -> DictConfig:
 def _smollm(arm: str, tmp: Path) -> DictConfig:
     """An arm of the SmolLM2 tier on one GPU, as ``bench/smollm.py`` starts it through the demo launcher."""
     config, overrides = smollm_bench.run_overrides(arm, 1, smollm_bench.GPU_SETTING, "gpu")
-    demo = smollm_bench.learn._demo()
+    demo = smollm_bench.learn.load_demo()
     algo = smollm_bench.learn.VARIANTS[arm].algo
     command = demo.command(algo, tmp, tmp / "model", tmp / "t.parquet", tmp / "v.parquet", 30, overrides, config)
     return _compose(config[0], config[1], command[command.index(config[1]) + 1 :])

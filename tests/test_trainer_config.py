@@ -79,6 +79,12 @@ def _config(*overrides: str):
             "granularity=logit does not support algorithm.use_kl_in_reward=true",
         ),
         (
+            # the sync trainer too (the async modes: tests/test_async_trainers.py)
+            ["credit.granularity=logit", "algorithm.rollout_correction.rollout_is=token"],
+            ValueError,
+            "does not support algorithm.rollout_correction.rollout_is=token",
+        ),
+        (
             ["credit.granularity=logit", "actor_rollout_ref.actor.loss_agg_mode=token-sum"],
             ValueError,
             "loss_agg_mode=token-sum",
