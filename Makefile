@@ -42,14 +42,15 @@ demo: $(STAMP)
 demo-compare: $(STAMP)
 	$(PY) recipes/tiny_cpu/demo.py --compare
 
-# What CREDIT costs over SDPO (rewards, teacher batch, teacher pass on verl's workers), as ratios measured
-# side by side in one run; writes runs/bench/results.json (about 2 minutes on 2 cores).
+# What CREDIT costs over SDPO (rewards, teacher batch, teacher pass on verl's workers, logit against token level,
+# Megatron, the async trainer's step time), as ratios measured side by side in one run; writes
+# runs/bench/results.json (about 20 minutes on 2 cores; `bench/run.py --sections ...` runs some).
 bench: $(STAMP)
 	$(PY) bench/run.py
 
-# Does the policy get better? GRPO, SDPO, CREDIT (defaults), CREDIT at lambda 1, and SDPO and CREDIT at logit
-# level through main_ppo, 2 seeds, held-out success before and after; writes runs/learn/results.{json,md} and
-# learning.png (12 runs of 5 to 7 minutes each on 2 cores shared with other jobs).
+# Does the policy get better? GRPO, SDPO, CREDIT (defaults), CREDIT at lambda 1, SDPO and CREDIT at logit level, and
+# CREDIT under verl's colocate_async trainer, through main_ppo, 2 seeds, held-out success before and after; writes
+# runs/learn/results.{json,md} and learning.png (14 runs of 5 to 8 minutes each on 2 cores).
 learn: $(STAMP)
 	$(PY) bench/learn.py
 
@@ -63,7 +64,8 @@ learn-sweep: $(STAMP)
 learn-testbed: $(STAMP)
 	$(PY) bench/learn.py --testbed
 
-# The testbed's sweep, seed 1 (the bounded form at lambda 0.25 and 1, reward at 0.5, logprob and pmi at 0.25);
+# The testbed's sweep, seed 1 (the bounded form at lambda 0.25 and 1, reward at 0.5, logprob and pmi at 0.25, SDPO and
+# CREDIT at logit level);
 # joins runs/learn-testbed/results.json.
 learn-testbed-sweep: $(STAMP)
 	$(PY) bench/learn.py --testbed --sweep

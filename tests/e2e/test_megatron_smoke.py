@@ -111,3 +111,34 @@ def test_credit_on_megatron_at_tp2_saves_is_killed_and_resumes_with_its_ema_teac
             restarted = (1 - TAU) * initial[name] + TAU * actor[name]
             misfit_restarted = max(misfit_restarted, float((value - restarted).abs().max()))
     assert misfit_restarted > 10 * misfit_saved, (misfit_restarted, misfit_saved)
+
+
+# CREDIT at logit level through main_ppo on the same TP=2 Megatron workers (docs/method.md, "Logit level"): the
+# student's top-k recorded across vocabulary shards in the old log-prob pass, the teacher pass gathering the
+# trust-region teacher's mixed log-probs at those ids for the original prompt and each contrast variant, and the
+# vocab-parallel distillation loss in the actor update. SDPO's logit loss is the same path without the contrast
+# variants (its TP=2 worker value against distill.py: tests/integration/test_megatron_teacher.py).
+LOGIT_STEPS = 2
+LOGIT_OVERRIDES = (
+    "credit.granularity=logit",
+    "credit.topk=16",
+    "credit.is_clip=2.0",
+    "credit.contrast_coef=0.5",
+    "credit.num_negatives=2",
+    "credit.teacher=trust_region",
+    "credit.teacher_update_rate=0.5",
+)
+
+
+def test_credit_at_logit_level_on_megatron_at_tp2_with_the_trust_region_teacher(tmp_path, tiny_cpu_assets):
+    records = run_demo(tmp_path, tiny_cpu_assets, *LOGIT_OVERRIDES, steps=LOGIT_STEPS, options=TP)
+    assert len(records) == LOGIT_STEPS
+    for record in records:
+        assert math.isfinite(record["actor/grad_norm"]) and record["actor/grad_norm"] > 0
+        assert record["actor/credit/logit/divergence"] > 0, "the logit-level loss trained the actor"
+        assert 0 < record["credit/logit/teacher_topk_mass"] < 1
+        assert 0 <= record["actor/credit/logit/tail_clamp_fraction"] <= 1
+        assert 0 < record["actor/credit/logit/support_overlap"] <= 1
+        assert 0 < record["credit/teacher/context_fraction"] <= 1
+        assert abs(record["credit/baseline_mean"]) > 0, "the contrast variants were scored"
+        assert "credit/teacher_ema_max_change" not in record, "the trust-region teacher keeps no EMA state"
