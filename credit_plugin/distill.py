@@ -333,46 +333,6 @@ def aggregate_loss(
     raise ValueError(f"loss_agg_mode must be one of {LOSS_AGG_MODES}, got {loss_agg_mode!r}")
 
 
-def self_distillation_loss(
-    student_logits: torch.Tensor,
-    teacher: torch.Tensor,
-    response_mask: torch.Tensor,
-    topk: int | None = 100,
-    add_tail: bool = True,
-    alpha: float = 0.5,
-    is_clip: float | None = 2.0,
-    log_prob: torch.Tensor | None = None,
-    old_log_prob: torch.Tensor | None = None,
-    topk_source: str = "student",
-    topk_indices: torch.Tensor | None = None,
-    loss_agg_mode: str = "token-mean",
-    dp_size: int = 1,
-    batch_num_tokens: int | torch.Tensor | None = None,
-    global_batch_size: int | torch.Tensor | None = None,
-) -> torch.Tensor:
-    """SDPO's logit-level distillation loss: :func:`per_token_distillation_loss` aggregated as verl does.
-
-    Args: see :func:`per_token_distillation_loss` and :func:`aggregate_loss`.
-
-    Returns:
-        scalar, with gradient wrt ``student_logits`` only.
-    """
-    per_token = per_token_distillation_loss(
-        student_logits,
-        teacher,
-        response_mask,
-        topk=topk,
-        add_tail=add_tail,
-        alpha=alpha,
-        is_clip=is_clip,
-        log_prob=log_prob,
-        old_log_prob=old_log_prob,
-        topk_source=topk_source,
-        topk_indices=topk_indices,
-    )
-    return aggregate_loss(per_token, response_mask, loss_agg_mode, dp_size, batch_num_tokens, global_batch_size)
-
-
 def _check_alpha(alpha: float) -> None:
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")

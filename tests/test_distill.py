@@ -17,12 +17,26 @@ from credit_plugin.distill import (
     generalized_jsd,
     importance_weights,
     per_token_distillation_loss,
-    self_distillation_loss,
     support_overlap,
     tail_clamp_active,
 )
 
 B, T, V = 3, 5, 32
+
+
+def self_distillation_loss(
+    student_logits: torch.Tensor,
+    teacher: torch.Tensor,
+    response_mask: torch.Tensor,
+    loss_agg_mode: str = "token-mean",
+    **options,
+) -> torch.Tensor:
+    """The per-token loss aggregated as the workers aggregate it (verl's ``agg_loss`` modes, one rank)."""
+    return aggregate_loss(
+        per_token_distillation_loss(student_logits, teacher, response_mask, **options), response_mask, loss_agg_mode
+    )
+
+
 ALPHAS = (0.0, 0.1, 0.5, 0.9, 1.0)
 
 
