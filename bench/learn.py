@@ -131,12 +131,12 @@ TESTBED_QUICK_VARIANTS = ("sdpo", "credit")
 TESTBED_SWEEP_VARIANTS = (
     "credit_bounded_l0.25",
     "credit_bounded_l1",
-    "credit_reward_l0.5",
-    "credit_logprob_l0.25",
-    "credit_pmi_l0.25",
     # SDPO's published logit-level loss and CREDIT's default contrast on it
     "sdpo_logit",
     "credit_logit",
+    "credit_reward_l0.5",
+    "credit_logprob_l0.25",
+    "credit_pmi_l0.25",
 )
 # The testbed's budget: 12 steps (the shortcut spreads under SDPO within them).
 TESTBED_STEPS = 12
