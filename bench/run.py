@@ -20,7 +20,7 @@ Sections (each timing is the median of several runs after a warm-up; absolute mi
   over the two ranks) against verl's own ``compute_log_prob`` of the actor on the same rows and tokens. Both run
   verl's vocab-parallel log-prob pass, so no rank holds [tokens x full vocabulary] logits. Skipped with
   ``--no-workers`` or without the ``megatron-cpu`` extra.
-- ``async_step``: CREDIT's step time (verl's ``timing_s/step``) under ``trainer_mode: credit_colocate_async``
+- ``async_step``: CREDIT's mean step time (verl's ``timing_s/step``) under ``trainer_mode: credit_colocate_async``
   against the sync ``credit`` trainer, through ``main_ppo`` on the tiny CPU recipe (same budget, same seed,
   runs alternated), steps after the first (start-up, the async warm-up batch) only. Skipped with
   ``--no-workers``.
@@ -587,9 +587,10 @@ def step_seconds(metrics: Path) -> list[float]:
 
 
 def bench_async_step(tokenizer: PreTrainedTokenizerBase, sizes: Sizes) -> Rows:
-    """Median step time of CREDIT under ``colocate_async`` against the sync trainer, on the tiny CPU recipe
+    """Mean step time of CREDIT under ``colocate_async`` against the sync trainer, on the tiny CPU recipe
     (``recipes/tiny_cpu``, hf_cpu rollout, FSDP): ``async_rounds`` pairs of ``async_steps``-step runs, in
-    alternating order."""
+    alternating order. The mean, not the median: under ``colocate_async`` the steps alternate between ones that
+    find their batch generated and ones that wait for it, and the mean step is what sets the run's wall time."""
     from learn import ASYNC_MODE, load_demo
 
     demo = load_demo()
@@ -603,12 +604,14 @@ def bench_async_step(tokenizer: PreTrainedTokenizerBase, sizes: Sizes) -> Rows:
                 run_root = root / f"{mode}_{round_}"
                 extra = ["trainer.save_freq=-1", "trainer.test_freq=-1", *modes[mode]]
                 seconds[mode] += step_seconds(demo.run("credit", run_root, assets, sizes.async_steps, extra))
-    sync_ms = statistics.median(seconds["sync"]) * 1e3
-    async_ms = statistics.median(seconds["colocate_async"]) * 1e3
+    sync_ms = statistics.fmean(seconds["sync"]) * 1e3
+    async_ms = statistics.fmean(seconds["colocate_async"]) * 1e3
     common = {"steps_timed": len(seconds["sync"]), "steps_per_run": sizes.async_steps}
     return {
-        "credit_sync_step": entry(sync_ms, sync_ms, "credit_sync_step", **common),
-        "credit_colocate_async_step": entry(async_ms, sync_ms, "credit_sync_step", **common),
+        "credit_sync_step": entry(sync_ms, sync_ms, "credit_sync_step", step_s=seconds["sync"], **common),
+        "credit_colocate_async_step": entry(
+            async_ms, sync_ms, "credit_sync_step", step_s=seconds["colocate_async"], **common
+        ),
     }
 
 
@@ -683,7 +686,9 @@ def table(results: dict[str, Rows]) -> str:
     for section, rows in results.items():
         for name, row in rows.items():
             notes = ", ".join(
-                f"{key}={value}" for key, value in row.items() if key not in ("ms", "baseline", "ratio", "worker")
+                f"{key}={value}"
+                for key, value in row.items()
+                if key not in ("ms", "baseline", "ratio", "worker", "step_s")
             )
             lines.append(f"| {section} | {name} | {row['ms']:.2f} | {row['baseline']} | {row['ratio']:.2f} | {notes} |")
     return "\n".join(lines)
