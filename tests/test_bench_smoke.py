@@ -58,3 +58,14 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert rows["tokens_saved_fraction"] > 0.8 * (1 - rows["context_fraction"]) - 0.1
     assert report["machine"]["cpus"] >= 1 and report["machine"]["torch"]
     assert all(row["samples"] == 8 and row["samples_per_s"] > 0 for row in results["reward"].values())
+
+
+def test_sections_runs_only_the_sections_named(tmp_path):
+    out = tmp_path / "results.json"
+    command = [sys.executable, str(REPO / "bench/run.py"), "--quick", "--sections", "teacher_build", "math"]
+    result = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert list(report["results"]) == ["teacher_build", "math"] and report["skipped"] == []
+    refused = subprocess.run([*command[:-2], "teacher_passes"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert refused.returncode == 2 and "invalid choice: 'teacher_passes'" in refused.stderr
