@@ -5,6 +5,7 @@ ranks); the EMA teacher's update, save and reload, and the trust-region mix, thr
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,6 +252,75 @@ def test_ema_teacher_saves_and_reloads_through_the_tp2_workers(stack, model_dir,
     resaved = load_file(tmp_path / "resaved/model.safetensors")
     for name, tensor in resaved.items():
         torch.testing.assert_close(tensor, moved[name], rtol=0, atol=0, msg=name)
+
+
+def _logit_level_targets(stack, tokenizer, tp: int, teacher: str, topk_source: str, start: Path):
+    """Old log-probs and the teacher pass at logit level (SDPO) on the TP=``tp`` group, its ref loaded from ``start``
+    (then one EMA step for ``ema``); returns the stored rows and the teacher batch the trainer built."""
+    configs, groups = stack
+    trainer = _trainer(configs[tp], groups[tp], tokenizer, teacher)
+    trainer.credit = dataclasses.replace(
+        trainer.credit, granularity="logit", topk=LOGIT_TOPK, topk_source=topk_source, contrast_coef=0.0
+    )
+    groups[tp].load_teacher(str(start))
+    try:
+        if teacher == "ema":
+            assert max(groups[tp].update_teacher_ema(RATE)) > 0
+        batch = _store_batch(tokenizer, prefix=f"tp{tp}-logit-{teacher}-")
+        metrics: dict = {}
+        batch = trainer._compute_old_log_prob(batch, metrics)
+        scorer = trainer._teacher_scorer()
+        data = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=list(TEACHER_PASS_FIELDS))
+        teacher_batch = scorer.teacher_batch(data, len(batch), tokenizer, trainer.global_steps, scorer.engine())
+        batch = trainer._compute_advantage(batch, metrics)
+    finally:
+        groups[tp].load_teacher(str(configs[tp].actor_rollout_ref.model.path))
+    assert metrics["credit/teacher_sanity_gap"] > 1e-3, "the teacher is not the student"
+    fields = [TOPK_IDS, TARGET_TOPK, DISTILL_MASK, "prompts", "responses"]
+    return tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=fields), teacher_batch
+
+
+@pytest.mark.parametrize(("teacher", "topk_source"), [("ema", "student"), ("frozen", "teacher")])
+def test_logit_level_scores_the_ema_and_frozen_teachers_on_either_support_at_tp2_and_tp1(
+    stack, model_dir, tokenizer, tmp_path, teacher, topk_source
+):
+    """The ref-held teachers at logit level on the Megatron worker, with a teacher that differs from the student (the
+    ref loaded with other weights, then one EMA step for ``ema``): the target on a sample with a teacher context
+    is that teacher's full-vocabulary log-probs under the reprompt, at the student's top-k under the rollout prompt
+    or (``topk_source=teacher``) at the teacher's own top-k under the reprompt, taken across the two vocabulary
+    shards at TP=2 and over the whole vocabulary at TP=1 (two data-parallel ranks): the same ids and values."""
+    actor = load_model(model_dir)
+    start = _scaled_weights(actor, 1.3)
+    (tmp_path / "start").mkdir()
+    save_file(start, tmp_path / "start/model.safetensors")
+    actor.config.save_pretrained(tmp_path / "start")
+    model = load_model(model_dir)
+    rate = RATE if teacher == "ema" else 0.0
+    model.load_state_dict({name: torch.lerp(start[name], weight, rate) for name, weight in actor.state_dict().items()})
+    rows = {}
+    for tp in (2, 1):
+        stored, teacher_batch = _logit_level_targets(stack, tokenizer, tp, teacher, topk_source, tmp_path / "start")
+        ids_rows, target_rows = unflat_rows(stored[TOPK_IDS], LOGIT_TOPK), unflat_rows(stored[TARGET_TOPK], LOGIT_TOPK)
+        scored = [row for row, mask in enumerate(stored[DISTILL_MASK].unbind(0)) if mask.sum() > 0]
+        assert scored, "some samples have a teacher context"
+        every_id = torch.cat([ids_rows[row].flatten() for row in scored])
+        assert (every_id < VOCAB // 2).any() and (every_id >= VOCAB // 2).any(), "ids from both halves"
+        for row in scored:
+            response = stored["responses"][row].tolist()
+            sequence = teacher_batch.data["input_ids"][int(teacher_batch.row_index[0, row])].tolist()
+            reprompted = torch.log_softmax(response_logits(model, sequence[: -len(response)], response), -1)
+            got, want = target_rows[row].double(), reprompted.gather(-1, ids_rows[row])
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-4, msg=f"TP={tp}, row {row}")
+            support = reprompted
+            if topk_source == "student":
+                support = torch.log_softmax(response_logits(actor, stored["prompts"][row].tolist(), response), -1)
+            top = torch.topk(support, LOGIT_TOPK, -1).indices
+            assert torch.equal(ids_rows[row], top), f"TP={tp}, row {row}: not the {topk_source}'s top-k"
+        rows[tp] = scored, ids_rows, target_rows
+    assert rows[2][0] == rows[1][0]
+    for row in rows[2][0]:
+        assert torch.equal(rows[2][1][row], rows[1][1][row]), f"row {row}: TP=2 vs TP=1 ids"
+        torch.testing.assert_close(rows[2][2][row], rows[1][2][row], rtol=0, atol=1e-4, msg=f"row {row}")
 
 
 def test_logit_level_at_tp2_records_top_k_scores_the_target_and_trains_on_distills_loss(stack, model_dir, tokenizer):
