@@ -10,7 +10,6 @@ hooks it overrides, the worker mapping, the EMA teacher's lifecycle and the step
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import inspect
 import json
@@ -65,14 +64,19 @@ EMA_STORAGE_DTYPES = ("fp32", "float32", "fp64", "float64")
 
 def credit_options(config: DictConfig) -> CreditConfig:
     """The ``credit:`` options a run acts on; ``adv_estimator=sdpo`` means ``contrast_coef=0`` everywhere,
-    so the teacher pass scores one variant per sample (no negatives), as the estimator uses."""
-    credit = CreditConfig.from_dict(config.get("credit"))
+    so the teacher pass scores one variant per sample (no negatives), as the estimator uses. The options are
+    checked as the run uses them: under ``sdpo`` with no contrast (so e.g. ``topk_source=teacher``, refused with a
+    contrast at logit level, is SDPO's to use whatever ``contrast_coef`` says)."""
     estimator = str(config.algorithm.adv_estimator)
     if estimator not in ESTIMATORS:
         raise ValueError(f"trainer_mode=credit needs algorithm.adv_estimator in {ESTIMATORS}, got {estimator!r}")
+    section = dict(config.get("credit") or {})
+    if estimator == SDPO:
+        section["contrast_coef"] = 0.0
+    credit = CreditConfig.from_dict(section)
     if credit.granularity == "logit":
         check_logit_level(config)
-    return dataclasses.replace(credit, contrast_coef=0.0) if estimator == SDPO else credit
+    return credit
 
 
 def check_mirrored_upstream() -> None:

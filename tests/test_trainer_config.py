@@ -154,6 +154,17 @@ def test_config_keeps_what_the_user_set_while_the_trainer_runs_sync():
     assert type(trainer.replay_buffer) is ReplayBuffer, "sync semantics: not verl's async replay buffer"
 
 
+def test_sdpo_estimator_checks_its_options_without_the_contrast():
+    """``adv_estimator=sdpo`` runs no contrast, so an option refused only alongside a contrast (the teacher's top-k
+    at logit level) is SDPO's to use with ``credit.contrast_coef`` left at CREDIT's default; under ``credit`` the
+    same options are refused, naming the option."""
+    logit = ("credit.granularity=logit", "credit.topk_source=teacher")
+    options = credit_options(_config("algorithm.adv_estimator=sdpo", *logit))
+    assert options.topk_source == "teacher" and options.contrast_coef == 0 and options.is_sdpo
+    with pytest.raises(ValueError, match="credit.topk_source=teacher with credit.contrast_coef > 0"):
+        credit_options(_config(*logit))
+
+
 def test_sdpo_estimator_scores_one_variant_per_sample_even_with_one_prompt_group(tokenizer):
     options = credit_options(_config("algorithm.adv_estimator=sdpo", "credit.contrast_coef=1.0"))
     assert options.contrast_coef == 0 and options.is_sdpo
