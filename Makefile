@@ -76,7 +76,7 @@ learn-testbed-sweep: $(STAMP)
 learn-smollm:
 	$(PYTHON) bench/smollm.py
 
-# The same, two 2-step runs (what CI runs as tests/e2e/test_learn_quick.py).
+# The same, two 2-step runs: GRPO and CREDIT at logit level (CI runs it in tests/e2e/test_learn_quick.py).
 learn-quick: $(STAMP)
 	$(PY) bench/learn.py --quick --out runs/learn-quick
 

@@ -11,7 +11,8 @@ launcher with the same data, model, step budget and seeds; only the algorithm ov
   fraction of the token advantages.
 
 Writes ``<out>/results.json`` (every run and step), ``<out>/results.md`` (the table, mean and spread over seeds)
-and ``<out>/learning.png`` (curves averaged over seeds). ``--quick`` runs two short runs, for CI.
+and ``<out>/learning.png`` (curves averaged over seeds). ``--quick`` runs two short runs (GRPO, CREDIT at logit
+level), for CI.
 
 ``--testbed`` (``make learn-testbed``) runs the controlled testbed instead (``credit_plugin.dev.tiny.testbed``,
 ``docs/method.md``): feedback that only locates the mistake, and a planted input-generic shortcut (``Sure.``
@@ -19,7 +20,8 @@ before the answer, made likely by the reprompt's wording whatever the input, ign
 adds the held-out shortcut rate before and after (greedy and sampled), and from the trainer's token records of
 every sample: the shortcut's rate over training and the mean SDPO and CREDIT token reward on the shortcut's
 token against the answer's digits. Writes ``<out>/results.{json,md}``, ``learning.png`` and ``testbed.png``
-(default ``runs/learn-testbed``). ``--testbed --quick``: SDPO and CREDIT, 2 steps, a 100-step pre-training (CI).
+(default ``runs/learn-testbed``). ``--testbed --quick``: SDPO at logit level and CREDIT, 2 steps, a 100-step
+pre-training (CI).
 
 What it shows: whether an objective moves held-out success of a small model beyond the spread between seeds,
 and whether it collapses (entropy and length up, reward down). What it does not show: anything about large
@@ -122,10 +124,12 @@ SWEEP_VARIANTS = (
     "credit_pmi_l1",
     "credit_pmi_l0.25",
 )
-QUICK_VARIANTS = ("grpo", "credit")
+# Quick modes (CI): the bench's whole pipeline on two arms each; between them they run SDPO and CREDIT at logit
+# level through main_ppo on FSDP, so the end-to-end tests need no separate run for that.
+QUICK_VARIANTS = ("grpo", "credit_logit")
 # The controlled testbed's arms (``--testbed``) and its quick mode's.
 TESTBED_VARIANTS = ("grpo", "sdpo", "credit", "credit_reward_l1")
-TESTBED_QUICK_VARIANTS = ("sdpo", "credit")
+TESTBED_QUICK_VARIANTS = ("sdpo_logit", "credit")
 # The testbed's sweep (``--testbed --sweep``, first seed): other lambdas and forms, and the bounded form, whose floor
 # stops the reward form's unbounded credit on tokens the swapped prompts make unlikely (docs/method.md).
 TESTBED_SWEEP_VARIANTS = (
@@ -440,7 +444,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help=f"default {Setting.steps} ({TESTBED_STEPS} testbed)")
     parser.add_argument("--lr", type=float, default=Setting.lr)
     parser.add_argument("--out", type=Path, default=None, help="default runs/learn (runs/learn-testbed)")
-    parser.add_argument("--quick", action="store_true", help="GRPO and CREDIT, one seed, 2 steps (CI smoke)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="GRPO and CREDIT at logit level (with --testbed: SDPO at logit level and CREDIT), one seed, 2 steps (CI)",
+    )
     parser.add_argument("--sweep", action="store_true", help="the lambda sweep of every form, first seed only")
     parser.add_argument(
         "--testbed", action="store_true", help="the controlled testbed (narrowing feedback, planted shortcut)"

@@ -1,9 +1,10 @@
 """CREDIT through verl's own ``main_ppo`` with the actor and ref on verl's Megatron engine at TP=2 (2 Ray workers
 over gloo, CPU platform; the ``hf_cpu`` rollout takes its weights from the Megatron engine): rollout -> reward with
 feedback -> old log-probs -> teacher pass -> CREDIT advantages -> Megatron actor update -> EMA teacher update,
-shard by shard. The run checkpoints at step 2 through megatron-core's distributed-checkpoint writer
-(``megatron_checkpoint_on_cpu``), is killed during step 3, and resumes from step 2: verl reloads the actor and
-optimizer, the plugin reloads the saved EMA teacher into the Megatron ref, and step 3 runs from there."""
+shard by shard. The run checkpoints at step 1 through megatron-core's distributed-checkpoint writer
+(``megatron_checkpoint_on_cpu``), is killed during step 2, and resumes from step 1: verl reloads the actor and
+optimizer, the plugin reloads the saved EMA teacher into the Megatron ref, and step 2 runs from there. Then SDPO and
+CREDIT at logit level on the same workers."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ pytestmark = [
     pytest.mark.skipif(not megatron.available(), reason="needs credit_plugin[megatron-cpu]"),
 ]
 
-SAVED, STEPS, TAU = 2, 3, 0.05
+SAVED, STEPS, TAU = 1, 2, 0.05
 TP = ("--megatron-tp", "2")
 OVERRIDES = (
     f"trainer.save_freq={SAVED}",
@@ -95,7 +96,7 @@ def test_credit_on_megatron_at_tp2_saves_is_killed_and_resumes_with_its_ema_teac
         # The EMA teacher starts as the initial actor: its first step moves it only if the update moved the
         # actor's weights, so a positive change proves the Megatron optimizer step took effect.
         assert record["credit/teacher_ema_max_change"] > 0
-    # The resumed step's teacher is (1 - tau) * the teacher saved at step 2 + tau * the resumed actor: the
+    # The resumed step's teacher is (1 - tau) * the teacher saved at step 1 + tau * the resumed actor: the
     # restored EMA state is exactly what was saved (fp32 ref on CPU: no rounding on the way).
     saved = _weights(checkpoints / f"global_step_{SAVED}/teacher")
     actor = _weights(checkpoints / f"global_step_{STEPS}/actor" / _hf_model_path(checkpoints / f"global_step_{STEPS}"))
@@ -113,16 +114,17 @@ def test_credit_on_megatron_at_tp2_saves_is_killed_and_resumes_with_its_ema_teac
     assert misfit_restarted > 10 * misfit_saved, (misfit_restarted, misfit_saved)
 
 
-# CREDIT at logit level through main_ppo on the same TP=2 Megatron workers (docs/method.md, "Logit level"): the
-# student's top-k recorded across vocabulary shards in the old log-prob pass, the teacher pass gathering the
-# trust-region teacher's mixed log-probs at those ids for the original prompt and each contrast variant, and the
-# vocab-parallel distillation loss in the actor update. SDPO's logit loss is the same path without the contrast
-# variants (its TP=2 worker value against distill.py: tests/integration/test_megatron_teacher.py).
+# SDPO and CREDIT at logit level through main_ppo on the same TP=2 Megatron workers (docs/method.md, "Logit
+# level"): the top-k support taken across vocabulary shards (the student's in the old log-prob pass, or the
+# teacher's own in the teacher pass), the teacher's log-probs gathered at those ids for the original prompt and each
+# CREDIT contrast variant, and the vocab-parallel distillation loss in the actor update. SDPO runs as verl's
+# registered ``sdpo`` estimator with the current teacher and the teacher's top-k; CREDIT with the trust-region
+# teacher, whose top-k comes from the mixed shards (the EMA and frozen teachers' logit level at TP=2:
+# tests/integration/test_megatron_teacher.py).
 LOGIT_STEPS = 2
-LOGIT_OVERRIDES = (
-    "credit.granularity=logit",
-    "credit.topk=16",
-    "credit.is_clip=2.0",
+LOGIT_LEVEL = ("credit.granularity=logit", "credit.topk=16", "credit.is_clip=2.0")
+SDPO_CURRENT = ("algorithm.adv_estimator=sdpo", "credit.teacher=current", "credit.topk_source=teacher")
+CREDIT_TRUST_REGION = (
     "credit.contrast_coef=0.5",
     "credit.num_negatives=2",
     "credit.teacher=trust_region",
@@ -130,8 +132,9 @@ LOGIT_OVERRIDES = (
 )
 
 
-def test_credit_at_logit_level_on_megatron_at_tp2_with_the_trust_region_teacher(tmp_path, tiny_cpu_assets):
-    records = run_demo(tmp_path, tiny_cpu_assets, *LOGIT_OVERRIDES, steps=LOGIT_STEPS, options=TP)
+@pytest.mark.parametrize("algorithm", [SDPO_CURRENT, CREDIT_TRUST_REGION], ids=["sdpo", "credit"])
+def test_sdpo_and_credit_at_logit_level_on_megatron_at_tp2(tmp_path, tiny_cpu_assets, algorithm):
+    records = run_demo(tmp_path, tiny_cpu_assets, *LOGIT_LEVEL, *algorithm, steps=LOGIT_STEPS, options=TP)
     assert len(records) == LOGIT_STEPS
     for record in records:
         assert math.isfinite(record["actor/grad_norm"]) and record["actor/grad_norm"] > 0
@@ -140,5 +143,8 @@ def test_credit_at_logit_level_on_megatron_at_tp2_with_the_trust_region_teacher(
         assert 0 <= record["actor/credit/logit/tail_clamp_fraction"] <= 1
         assert 0 < record["actor/credit/logit/support_overlap"] <= 1
         assert 0 < record["credit/teacher/context_fraction"] <= 1
-        assert abs(record["credit/baseline_mean"]) > 0, "the contrast variants were scored"
-        assert "credit/teacher_ema_max_change" not in record, "the trust-region teacher keeps no EMA state"
+        if algorithm is CREDIT_TRUST_REGION:
+            assert abs(record["credit/baseline_mean"]) > 0, "the contrast variants were scored"
+        else:
+            assert "credit/baseline_mean" not in record, "SDPO scores no contrast variant"
+        assert "credit/teacher_ema_max_change" not in record, "the current and trust-region teachers keep no EMA"
