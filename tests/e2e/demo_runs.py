@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -20,3 +21,15 @@ def run_demo(root: Path, assets: Path, *overrides: str, steps: int, options: tup
     result = subprocess.run([*command, *options, "--", *overrides], capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return [json.loads(line)["data"] for line in (root / "credit/metrics.jsonl").read_text().splitlines()]
+
+
+def assert_logit_level_trained(records: list[dict]) -> None:
+    """Each training step's metrics of a run at ``credit.granularity=logit``: the distillation loss trained the
+    actor, and the teacher's top-k mass, the tail clamp and the support's movement were logged in range."""
+    for record in records:
+        assert math.isfinite(record["actor/grad_norm"]) and record["actor/grad_norm"] > 0
+        assert record["actor/credit/logit/divergence"] > 0, "the logit-level loss trained the actor"
+        assert 0 < record["credit/logit/teacher_topk_mass"] < 1
+        assert 0 <= record["actor/credit/logit/tail_clamp_fraction"] <= 1
+        assert 0 < record["actor/credit/logit/support_overlap"] <= 1
+        assert 0 < record["credit/teacher/context_fraction"] <= 1

@@ -7,12 +7,12 @@ CREDIT with the trust-region teacher in the testbed (their Megatron runs: tests/
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from demo_runs import assert_logit_level_trained
 
 # two main_ppo runs (and the tiny model, if no test built it before): over pytest.ini's 600 s on a busy machine
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1800)]
@@ -25,18 +25,6 @@ def _metrics(run: Path) -> list[dict]:
     """The training steps' metrics of a run (step 0 holds the validation before training)."""
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [record["data"] for record in records if record["step"] > 0]
-
-
-def _assert_logit_level_trained(records: list[dict]) -> None:
-    """The step metrics of a 2-step run at logit level: SDPO's divergence trained the actor."""
-    assert len(records) == 2
-    for record in records:
-        assert math.isfinite(record["actor/grad_norm"]) and record["actor/grad_norm"] > 0
-        assert record["actor/credit/logit/divergence"] > 0, "the logit-level loss trained the actor"
-        assert 0 < record["credit/logit/teacher_topk_mass"] < 1
-        assert 0 <= record["actor/credit/logit/tail_clamp_fraction"] <= 1
-        assert 0 < record["actor/credit/logit/support_overlap"] <= 1
-        assert 0 < record["credit/teacher/context_fraction"] <= 1
 
 
 def test_quick_learning_bench_measures_held_out_success_before_and_after(tmp_path, tiny_task_model):
@@ -58,7 +46,8 @@ def test_quick_learning_bench_measures_held_out_success_before_and_after(tmp_pat
     assert all(isinstance(value, float) for value in credit["advantage_token_mean"])
     assert all(0.0 <= value <= 1.0 for value in credit["advantage_positive_fraction"])
     records = _metrics(tmp_path / "credit_logit/seed1/credit")
-    _assert_logit_level_trained(records)
+    assert len(records) == 2
+    assert_logit_level_trained(records)
     assert all(abs(record["credit/baseline_mean"]) > 0 for record in records), "the contrast variants were scored"
     assert all(record["credit/teacher_ema_max_change"] > 0 for record in records), "the EMA teacher moved"
     table = (tmp_path / "results.md").read_text()
@@ -95,7 +84,7 @@ def test_quick_testbed_measures_shortcut_rate_and_credit_on_shortcut_and_answer_
         assert all(("credit/baseline_mean" in step) == (algo == "credit") for step in steps)
         assert not any("credit/teacher_ema_max_change" in step for step in steps), "no EMA state in the trust region"
         assert all(step["actor/grad_norm"] > 0 and 0 < step["credit/teacher/context_fraction"] <= 1 for step in steps)
-    _assert_logit_level_trained(_metrics(tmp_path / "sdpo_logit/seed1/sdpo"))
+    assert_logit_level_trained(_metrics(tmp_path / "sdpo_logit/seed1/sdpo"))
     assert all(value is None for value in report["runs"]["sdpo_logit"][0]["credit_answer"])  # SDPO has no contrast
     table = (tmp_path / "results.md").read_text()
     assert "| sdpo_logit | 1 |" in table and "held-out shortcut rate" in table

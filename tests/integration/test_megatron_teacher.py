@@ -254,6 +254,18 @@ def test_ema_teacher_saves_and_reloads_through_the_tp2_workers(stack, model_dir,
         torch.testing.assert_close(tensor, moved[name], rtol=0, atol=0, msg=name)
 
 
+def _logit_step(trainer, prefix: str):
+    """A stored batch through the old log-prob pass and the teacher pass at logit level; returns the batch, the step's
+    metrics and the teacher batch the trainer builds (SDPO: no negatives, so nothing random in it)."""
+    batch = _store_batch(trainer.tokenizer, prefix=prefix)
+    metrics: dict = {}
+    batch = trainer._compute_old_log_prob(batch, metrics)
+    scorer = trainer._teacher_scorer()
+    data = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=list(TEACHER_PASS_FIELDS))
+    teacher_batch = scorer.teacher_batch(data, len(batch), trainer.tokenizer, trainer.global_steps, scorer.engine())
+    return trainer._compute_advantage(batch, metrics), metrics, teacher_batch
+
+
 def _logit_level_targets(stack, tokenizer, tp: int, teacher: str, topk_source: str, start: Path):
     """Old log-probs and the teacher pass at logit level (SDPO) on the TP=``tp`` group, its ref loaded from ``start``
     (then one EMA step for ``ema``); returns the stored rows and the teacher batch the trainer built."""
@@ -266,13 +278,7 @@ def _logit_level_targets(stack, tokenizer, tp: int, teacher: str, topk_source: s
     try:
         if teacher == "ema":
             assert max(groups[tp].update_teacher_ema(RATE)) > 0
-        batch = _store_batch(tokenizer, prefix=f"tp{tp}-logit-{teacher}-")
-        metrics: dict = {}
-        batch = trainer._compute_old_log_prob(batch, metrics)
-        scorer = trainer._teacher_scorer()
-        data = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=list(TEACHER_PASS_FIELDS))
-        teacher_batch = scorer.teacher_batch(data, len(batch), tokenizer, trainer.global_steps, scorer.engine())
-        batch = trainer._compute_advantage(batch, metrics)
+        batch, metrics, teacher_batch = _logit_step(trainer, prefix=f"tp{tp}-logit-{teacher}-")
     finally:
         groups[tp].load_teacher(str(configs[tp].actor_rollout_ref.model.path))
     assert metrics["credit/teacher_sanity_gap"] > 1e-3, "the teacher is not the student"
@@ -334,13 +340,7 @@ def test_logit_level_at_tp2_records_top_k_scores_the_target_and_trains_on_distil
     trainer.credit = dataclasses.replace(
         trainer.credit, granularity="logit", topk=LOGIT_TOPK, alpha=0.5, is_clip=2.0, contrast_coef=0.0
     )
-    batch = _store_batch(tokenizer, prefix="mcore-logit-")
-    metrics: dict = {}
-    batch = trainer._compute_old_log_prob(batch, metrics)
-    scorer = trainer._teacher_scorer()
-    data = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=list(TEACHER_PASS_FIELDS))
-    teacher_batch = scorer.teacher_batch(data, len(batch), tokenizer, trainer.global_steps, scorer.engine())
-    batch = trainer._compute_advantage(batch, metrics)
+    batch, metrics, teacher_batch = _logit_step(trainer, prefix="mcore-logit-")
     fields = ["prompts", "responses", "old_log_probs", TOPK_IDS, STUDENT_TOPK, TARGET_TOPK, DISTILL_MASK]
     stored = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=fields)
     ids_rows, student_rows = unflat_rows(stored[TOPK_IDS], LOGIT_TOPK), unflat_rows(stored[STUDENT_TOPK], LOGIT_TOPK)
