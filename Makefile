@@ -65,8 +65,8 @@ learn-testbed: $(STAMP)
 	$(PY) bench/learn.py --testbed
 
 # The testbed's sweep, seed 1 (the bounded form at lambda 0.25 and 1, reward at 0.5, logprob and pmi at 0.25, SDPO and
-# CREDIT at logit level);
-# joins runs/learn-testbed/results.json.
+# CREDIT at logit level, CREDIT at logit level at lambda 1); joins runs/learn-testbed/results.json (`--seeds 2` runs
+# them on seed 2).
 learn-testbed-sweep: $(STAMP)
 	$(PY) bench/learn.py --testbed --sweep
 

@@ -101,6 +101,7 @@ VARIANTS = {
         # default contrast on the same loss.
         Variant("sdpo_logit", "sdpo", ("credit.granularity=logit", *LOGIT_LEVEL)),
         credit("credit_logit", "credit.granularity=logit", *LOGIT_LEVEL),
+        credit("credit_logit_l1", "credit.granularity=logit", *LOGIT_LEVEL, "credit.contrast_coef=1.0"),
         # CREDIT's defaults under verl's colocate_async trainer (docs/method.md, "Asynchronous trainers"): one batch
         # of prompts generated ahead of training, so each step trains on responses begun under older weights
         credit("credit_colocate_async", *ASYNC_MODE),
@@ -135,9 +136,10 @@ TESTBED_QUICK_VARIANTS = ("sdpo_logit", "credit")
 TESTBED_SWEEP_VARIANTS = (
     "credit_bounded_l0.25",
     "credit_bounded_l1",
-    # SDPO's published logit-level loss and CREDIT's default contrast on it
+    # SDPO's published logit-level loss and CREDIT's default contrast on it, and at lambda 1
     "sdpo_logit",
     "credit_logit",
+    "credit_logit_l1",
     "credit_reward_l0.5",
     "credit_logprob_l0.25",
     "credit_pmi_l0.25",
