@@ -116,9 +116,15 @@ def _trainer(config, worker_group, tokenizer, teacher: str):
     return trainer
 
 
-def _scaled_weights(model, factor: float) -> dict[str, torch.Tensor]:
+def _scaled_checkpoint(model, factor: float, folder: Path) -> dict[str, torch.Tensor]:
+    """``model``'s weights times ``factor``, written to ``folder`` as a Hugging Face folder (as ``save_teacher``
+    writes one, for ``load_teacher``); returns them."""
     with torch.no_grad():
-        return {name: tensor.clone() * factor for name, tensor in model.state_dict().items()}
+        weights = {name: tensor.clone() * factor for name, tensor in model.state_dict().items()}
+    folder.mkdir()
+    save_file(weights, folder / "model.safetensors")
+    model.config.save_pretrained(folder)
+    return weights
 
 
 def _advantages(stack, tokenizer, tp: int, teacher: str, prefix: str):
@@ -151,10 +157,7 @@ def test_ema_teacher_follows_the_actor_shard_by_shard(stack, model_dir, tokenize
     formula with a transformers teacher holding ``lerp(ref, actor, rate)``; the same at TP=1."""
     configs, groups = stack
     actor = load_model(model_dir)
-    start = _scaled_weights(actor, 1.3)
-    (tmp_path / "start").mkdir()
-    save_file(start, tmp_path / "start/model.safetensors")
-    actor.config.save_pretrained(tmp_path / "start")  # a Hugging Face folder, as save_teacher writes it
+    start = _scaled_checkpoint(actor, 1.3, tmp_path / "start")
     teacher = load_model(model_dir)
     teacher.load_state_dict(
         {name: torch.lerp(start[name], weight, RATE) for name, weight in actor.state_dict().items()}
@@ -189,10 +192,7 @@ def test_trust_region_teacher_mixes_vocabulary_shards_at_tp2(stack, model_dir, t
     mix ``lerp(z_frozen, z_actor, tau)``, and the same at TP=1."""
     configs, groups = stack
     actor = load_model(model_dir)
-    frozen_weights = _scaled_weights(actor, 1.3)
-    (tmp_path / "frozen").mkdir()
-    save_file(frozen_weights, tmp_path / "frozen/model.safetensors")
-    actor.config.save_pretrained(tmp_path / "frozen")
+    frozen_weights = _scaled_checkpoint(actor, 1.3, tmp_path / "frozen")
     frozen = load_model(model_dir)
     frozen.load_state_dict(frozen_weights)
 
@@ -233,11 +233,8 @@ def test_ema_teacher_saves_and_reloads_through_the_tp2_workers(stack, model_dir,
     for name, tensor in saved.items():
         torch.testing.assert_close(tensor, state[name], rtol=0, atol=0, msg=name)
 
-    moved = _scaled_weights(model, 1.5)
+    moved = _scaled_checkpoint(model, 1.5, tmp_path / "moved")
     model.load_state_dict(moved)
-    (tmp_path / "moved").mkdir()
-    save_file(moved, tmp_path / "moved/model.safetensors")
-    model.config.save_pretrained(tmp_path / "moved")
     prompt, response = _chat(tokenizer, "What is 2 + 3?"), tokenizer.encode(" Answer: 5")
     batch = build_log_prob_batch([prompt], [response])
     try:
@@ -296,10 +293,7 @@ def test_logit_level_scores_the_ema_and_frozen_teachers_on_either_support_at_tp2
     or (``topk_source=teacher``) at the teacher's own top-k under the reprompt, taken across the two vocabulary
     shards at TP=2 and over the whole vocabulary at TP=1 (two data-parallel ranks): the same ids and values."""
     actor = load_model(model_dir)
-    start = _scaled_weights(actor, 1.3)
-    (tmp_path / "start").mkdir()
-    save_file(start, tmp_path / "start/model.safetensors")
-    actor.config.save_pretrained(tmp_path / "start")
+    start = _scaled_checkpoint(actor, 1.3, tmp_path / "start")
     model = load_model(model_dir)
     rate = RATE if teacher == "ema" else 0.0
     model.load_state_dict({name: torch.lerp(start[name], weight, rate) for name, weight in actor.state_dict().items()})
