@@ -20,7 +20,14 @@ def run_demo(root: Path, assets: Path, *overrides: str, steps: int, options: tup
     command = [sys.executable, str(DEMO), "--steps", str(steps), "--run-dir", str(root), "--assets", str(assets)]
     result = subprocess.run([*command, *options, "--", *overrides], capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return [json.loads(line)["data"] for line in (root / "credit/metrics.jsonl").read_text().splitlines()]
+    return training_metrics(root / "credit")
+
+
+def training_metrics(run: Path) -> list[dict]:
+    """The training steps' metrics that verl's file logger wrote in ``run`` (a step 0 record, the validation before
+    training, is left out)."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [record["data"] for record in records if record["step"] > 0]
 
 
 def assert_logit_level_trained(records: list[dict]) -> None:

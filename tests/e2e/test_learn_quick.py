@@ -12,19 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from demo_runs import assert_logit_level_trained
+from demo_runs import assert_logit_level_trained, training_metrics
 
 # two main_ppo runs (and the tiny model, if no test built it before): over pytest.ini's 600 s on a busy machine
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[2]
 TRUST_REGION = ("credit.teacher=trust_region", "credit.teacher_update_rate=0.5")
-
-
-def _metrics(run: Path) -> list[dict]:
-    """The training steps' metrics of a run (step 0 holds the validation before training)."""
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [record["data"] for record in records if record["step"] > 0]
 
 
 def test_quick_learning_bench_measures_held_out_success_before_and_after(tmp_path, tiny_task_model):
@@ -45,7 +39,7 @@ def test_quick_learning_bench_measures_held_out_success_before_and_after(tmp_pat
     credit = report["runs"]["credit_logit"][0]
     assert all(isinstance(value, float) for value in credit["advantage_token_mean"])
     assert all(0.0 <= value <= 1.0 for value in credit["advantage_positive_fraction"])
-    records = _metrics(tmp_path / "credit_logit/seed1/credit")
+    records = training_metrics(tmp_path / "credit_logit/seed1/credit")
     assert len(records) == 2
     assert_logit_level_trained(records)
     assert all(abs(record["credit/baseline_mean"]) > 0 for record in records), "the contrast variants were scored"
@@ -80,11 +74,11 @@ def test_quick_testbed_measures_shortcut_rate_and_credit_on_shortcut_and_answer_
         assert scored, "failed samples get the narrowing feedback as teacher context"
         assert all(record["solution"] is None and record["feedback"] for record in scored)
         assert all((record["credit"] is None) == (algo == "sdpo") for record in scored)
-        steps = _metrics(run_dir)
+        steps = training_metrics(run_dir)
         assert all(("credit/baseline_mean" in step) == (algo == "credit") for step in steps)
         assert not any("credit/teacher_ema_max_change" in step for step in steps), "no EMA state in the trust region"
         assert all(step["actor/grad_norm"] > 0 and 0 < step["credit/teacher/context_fraction"] <= 1 for step in steps)
-    assert_logit_level_trained(_metrics(tmp_path / "sdpo_logit/seed1/sdpo"))
+    assert_logit_level_trained(training_metrics(tmp_path / "sdpo_logit/seed1/sdpo"))
     assert all(value is None for value in report["runs"]["sdpo_logit"][0]["credit_answer"])  # SDPO has no contrast
     table = (tmp_path / "results.md").read_text()
     assert "| sdpo_logit | 1 |" in table and "held-out shortcut rate" in table
